@@ -1,0 +1,25 @@
+"""The HTTP surface in one place: every domain router under ``/api/v1``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from mes import health
+from mes.audit import router as audit
+from mes.equipment import router as equipment
+from mes.identity import router as identity
+from mes.material import router as material
+from mes.signature import router as signature
+
+API_PREFIX = "/api/v1"
+
+
+def build_api_router() -> APIRouter:
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(health.router)
+    api.include_router(identity.router)
+    api.include_router(equipment.router)
+    api.include_router(material.router)
+    api.include_router(audit.router)
+    api.include_router(signature.router)
+    return api

@@ -1,0 +1,333 @@
+"""The ``mes`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from rich.console import Console
+from rich.table import Table
+
+import mes
+from mes.context import AppContext
+from mes.db import database_url_for_display
+from mes.errors import MesError
+from mes.identity import service as identity
+from mes.identity.schemas import ApiKeyCreate, UserCreate
+from mes.migrate import current_revision, head_revision, upgrade
+from mes.models import Role
+from mes.plant.loader import PlantFileError, load_plant_file
+from mes.principal import system_principal
+from mes.settings import MesSettings, load_settings
+
+app = typer.Typer(help="Manufacturing execution system for absorbable implants.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
+plant_app = typer.Typer(help="Plant model.", no_args_is_help=True)
+audit_app = typer.Typer(help="Audit trail.", no_args_is_help=True)
+keys_app = typer.Typer(help="Machine API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.add_typer(plant_app, name="plant")
+app.add_typer(audit_app, name="audit")
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DEMO_PASSWORD = "demo-pass-2026!"
+DEMO_USERS: tuple[tuple[str, str, tuple[Role, ...]], ...] = (
+    ("admin", "Ada Admin", (Role.admin,)),
+    ("supervisor", "Sam Supervisor", (Role.supervisor,)),
+    ("planner", "Pat Planner", (Role.planner,)),
+    ("qa", "Quinn Quality", (Role.qa,)),
+    ("operator1", "Olga Operator", (Role.operator,)),
+    ("operator2", "Omar Operator", (Role.operator,)),
+)
+
+
+def _run(settings: MesSettings, work: Callable[[AppContext], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        ctx = AppContext.build(settings)
+        try:
+            return await work(ctx)
+        finally:
+            await ctx.close()
+
+    try:
+        return asyncio.run(runner())
+    except (SQLAlchemyError, OSError) as exc:
+        where = database_url_for_display(settings.database_url)
+        detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        if "no such table" in detail or "does not exist" in detail:
+            detail += " (run `mes db upgrade` first)"
+        raise _fail(f"database {where}: {detail}") from exc
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def version() -> None:
+    """Print the MES version."""
+    console.print(mes.__version__)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
+) -> None:
+    """Run the API server (upgrades the database schema first)."""
+    import uvicorn
+
+    from mes.app import create_app
+
+    overrides: dict[str, object] = {}
+    if host:
+        overrides["host"] = host
+    if port:
+        overrides["port"] = port
+    settings = load_settings(**overrides)
+    console.print(f"MES {mes.__version__} on [bold]http://{settings.host}:{settings.port}[/] "
+                  f"- database {database_url_for_display(settings.database_url)}")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level, proxy_headers=False)
+
+
+@app.command()
+def demo(
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    no_serve: Annotated[bool, typer.Option("--no-serve",
+                                           help="Prepare the demo database and exit.")] = False,
+) -> None:
+    """Run the demo: SQLite database in ./var, the plant model loaded, demo users created."""
+    import uvicorn
+
+    from mes.app import create_app
+
+    settings = load_settings(host=host, port=port)
+    url = settings.database_url
+    if settings.env == "production":
+        raise _fail("the demo never runs with MES_ENV=production")
+
+    async def prepare(ctx: AppContext) -> None:
+        await upgrade(ctx.db.engine)
+        report = await load_plant_file(ctx, system_principal("demo"), settings.plant_file)
+        console.print(f"plant model from {settings.plant_file}: created {report.created or 0}, "
+                      f"updated {report.updated or 0}")
+        async with ctx.db.sessionmaker() as session, session.begin():
+            for username, full_name, roles in DEMO_USERS:
+                if await identity.find_user(session, username) is None:
+                    await identity.create_user(ctx, session, system_principal("demo"), UserCreate(
+                        username=username, full_name=full_name, password=DEMO_PASSWORD,
+                        roles=list(roles), reason="demo account"))
+
+    try:
+        _run(settings, prepare)
+    except PlantFileError as exc:
+        raise _fail(str(exc)) from exc
+    table = Table(title="Demo logins (password for all: " + DEMO_PASSWORD + ")")
+    table.add_column("username")
+    table.add_column("name")
+    table.add_column("roles")
+    for username, full_name, roles in DEMO_USERS:
+        table.add_row(username, full_name, ", ".join(roles))
+    console.print(table)
+    base = f"http://{host}:{port}"
+    console.print(f"API docs:  [bold]{base}/docs[/]")
+    console.print(f"Health:    {base}/api/v1/health")
+    console.print(f"Database:  {database_url_for_display(url)}")
+    if no_serve:
+        return
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply all migrations to the configured database."""
+    settings = load_settings()
+
+    async def work(ctx: AppContext) -> str | None:
+        await upgrade(ctx.db.engine)
+        return await current_revision(ctx.db.engine)
+
+    revision = _run(settings, work)
+    console.print(f"database {database_url_for_display(settings.database_url)} "
+                  f"at revision [bold]{revision}[/]")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's schema revision and the code's head revision."""
+    settings = load_settings()
+
+    async def work(ctx: AppContext) -> str | None:
+        return await current_revision(ctx.db.engine)
+
+    revision = _run(settings, work)
+    console.print(f"database: {revision or '(empty)'}   code head: {head_revision()}")
+    if revision != head_revision():
+        raise typer.Exit(1)
+
+
+# --- users --------------------------------------------------------------------------------------
+
+
+@users_app.command("create")
+def users_create(
+    username: Annotated[str, typer.Argument(help="Login name (never reused).")],
+    full_name: Annotated[str, typer.Option("--full-name", help="Printed name for signatures.")],
+    role: Annotated[list[Role], typer.Option("--role", help="Role; repeat for several.")],
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from standard input.")] = False,
+) -> None:
+    """Create a user account (audited as the CLI)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat: ") != password:
+            raise _fail("passwords differ")
+    try:
+        data = UserCreate(username=username, full_name=full_name, password=password,
+                          roles=role, reason=f"created with mes users create by {_os_user()}")
+    except ValidationError as exc:
+        raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                              for e in exc.errors())) from exc
+    settings = load_settings()
+
+    async def work(ctx: AppContext) -> None:
+        await upgrade(ctx.db.engine)
+        async with ctx.db.sessionmaker() as session, session.begin():
+            await identity.create_user(ctx, session, system_principal(f"cli:{_os_user()}"), data)
+
+    try:
+        _run(settings, work)
+    except MesError as exc:
+        raise _fail(exc.detail) from exc
+    console.print(f"user [bold]{username}[/] created with roles {', '.join(role)}")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Key name, e.g. the equipment or gateway.")],
+    source: Annotated[list[str], typer.Option("--source", help="Telemetry source it may send.")],
+) -> None:
+    """Issue a machine API key; the secret is printed once."""
+    settings = load_settings()
+    try:
+        data = ApiKeyCreate(name=name, sources=source,
+                            reason=f"issued with mes keys create by {_os_user()}")
+    except ValidationError as exc:
+        raise _fail(str(exc)) from exc
+
+    async def work(ctx: AppContext) -> str:
+        await upgrade(ctx.db.engine)
+        async with ctx.db.sessionmaker() as session, session.begin():
+            issued = await identity.create_api_key(
+                ctx, session, system_principal(f"cli:{_os_user()}"), data)
+            return issued.api_key
+
+    try:
+        secret = _run(settings, work)
+    except MesError as exc:
+        raise _fail(exc.detail) from exc
+    console.print(f"API key [bold]{name}[/] (shown once): {secret}")
+
+
+# --- plant ----------------------------------------------------------------------------------------
+
+
+@plant_app.command("load")
+def plant_load(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                                     help="Plant YAML file.")]) -> None:
+    """Create or update the plant model from a YAML file, in one audited transaction."""
+    settings = load_settings()
+
+    async def work(ctx: AppContext) -> object:
+        await upgrade(ctx.db.engine)
+        return await load_plant_file(ctx, system_principal(f"cli:{_os_user()}"), file)
+
+    try:
+        report = _run(settings, work)
+    except PlantFileError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]{exc.path}[/]: {problem}")
+        raise typer.Exit(1) from exc
+    except MesError as exc:
+        raise _fail(exc.detail) from exc
+    from mes.plant.loader import LoadReport
+
+    assert isinstance(report, LoadReport)
+    table = Table(title=f"plant model from {file}")
+    table.add_column("record")
+    table.add_column("created", justify="right")
+    table.add_column("updated", justify="right")
+    table.add_column("unchanged", justify="right")
+    for kind in ("equipment_class", "material", "equipment"):
+        table.add_row(kind, str(report.created.get(kind, 0)), str(report.updated.get(kind, 0)),
+                      str(report.unchanged.get(kind, 0)))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+
+# --- audit ----------------------------------------------------------------------------------------
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit hash chain; exit 1 naming the first broken entry (AT-5)."""
+    from mes.audit.service import ChainVerification, verify_chain
+
+    settings = load_settings()
+
+    async def work(ctx: AppContext) -> ChainVerification:
+        async with ctx.db.sessionmaker() as session:
+            return await verify_chain(session)
+
+    result = _run(settings, work)
+    if result.ok:
+        console.print(f"[green]audit trail intact[/]: {result.checked} entries, "
+                      f"head seq {result.head_seq} hash {result.head_hash[:16]}...")
+        return
+    err.print(f"[bold red]audit trail broken[/] at entry seq={result.broken_seq} "
+              f"id={result.broken_id}: {result.problem} "
+              f"({result.checked} entries before it verified)")
+    raise typer.Exit(1)
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Identity and access: users, roles, machine keys, sessions, login lockout, permissions."""

@@ -1,0 +1,1 @@
+"""Material definitions: what the plant receives, makes and ships."""

@@ -1,0 +1,1 @@
+"""Loading the plant model (equipment classes, materials, equipment tree) from YAML."""

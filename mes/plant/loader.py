@@ -1,0 +1,322 @@
+"""``mes plant load``: validate a plant YAML file, then apply it in one audited transaction.
+
+Records are matched by code: new ones are created, changed attributes updated (audited
+field by field), nothing is ever deleted (GxP records are never destroyed). A unit's
+qualification date is imported on creation only; later qualification changes need a
+signed QA approval through the API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mes.audit import service as audit
+from mes.context import AppContext
+from mes.equipment import service as equipment
+from mes.equipment.schemas import (
+    AssetNo,
+    CleanroomClass,
+    Code,
+    EquipmentClassCreate,
+    EquipmentClassUpdate,
+    EquipmentCreate,
+    EquipmentUpdate,
+    Name,
+    Text,
+)
+from mes.material import service as material
+from mes.material.schemas import Gtin, MaterialCreate, MaterialUpdate, Uom
+from mes.models import (
+    EquipmentKind,
+    EquipmentLevel,
+    EquipmentStatus,
+    MaterialKind,
+)
+from mes.principal import Principal
+
+
+class PlantFileError(ValueError):
+    """The plant file is invalid; ``problems`` name each YAML path."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        super().__init__(f"{path}: " + "; ".join(problems))
+        self.path = path
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassSpec(_Strict):
+    code: Code
+    name: Name
+    description: Text | None = None
+
+
+class MaterialSpec(_Strict):
+    code: Code
+    name: Name
+    kind: MaterialKind
+    uom: Uom
+    shelf_life_days: int | None = Field(default=None, ge=0, le=36500)
+    moisture_sensitive: bool = False
+    max_exposure_min: int | None = Field(default=None, ge=0)
+    implant_traceable: bool = False
+    gtin: Gtin | None = None
+    description: Text | None = None
+
+
+class NodeSpec(_Strict):
+    code: Code
+    name: Name
+    level: EquipmentLevel
+    kind: EquipmentKind | None = None
+    description: Text | None = None
+    equipment_class: Code | None = None
+    asset_no: AssetNo | None = None
+    room: Code | None = None
+    status: EquipmentStatus | None = None
+    calibration_due_at: AwareDatetime | None = None
+    maintenance_due_at: AwareDatetime | None = None
+    qualified_until: AwareDatetime | None = None
+    cleanroom_class: CleanroomClass = None
+    is_dry_room: bool = False
+    children: list[NodeSpec] = Field(default_factory=list)
+
+
+class PlantSpec(_Strict):
+    equipment_classes: list[ClassSpec] = Field(default_factory=list)
+    materials: list[MaterialSpec] = Field(default_factory=list)
+    equipment: list[NodeSpec] = Field(default_factory=list)
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_plant_file(path: Path) -> PlantSpec:
+    """Read and validate; every problem names its YAML path (``equipment[0].children[2]``)."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PlantFileError(path, [str(exc)]) from exc
+    try:
+        spec = PlantSpec.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        raise PlantFileError(
+            path, [f"{_yaml_path(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        ) from exc
+    problems = _cross_check(spec)
+    if problems:
+        raise PlantFileError(path, problems)
+    return spec
+
+
+def _walk(nodes: list[NodeSpec], prefix: str) -> list[tuple[str, NodeSpec, NodeSpec | None]]:
+    out: list[tuple[str, NodeSpec, NodeSpec | None]] = []
+
+    def visit(node: NodeSpec, where: str, parent: NodeSpec | None) -> None:
+        out.append((where, node, parent))
+        for i, child in enumerate(node.children):
+            visit(child, f"{where}.children[{i}]", node)
+
+    for i, node in enumerate(nodes):
+        visit(node, f"{prefix}[{i}]", None)
+    return out
+
+
+def _cross_check(spec: PlantSpec) -> list[str]:
+    problems: list[str] = []
+    for label, codes in (
+        ("equipment_classes", [c.code for c in spec.equipment_classes]),
+        ("materials", [m.code for m in spec.materials]),
+    ):
+        seen: set[str] = set()
+        for i, code in enumerate(codes):
+            if code in seen:
+                problems.append(f"{label}[{i}].code: duplicate code {code}")
+            seen.add(code)
+    class_codes = {c.code for c in spec.equipment_classes}
+    nodes = _walk(spec.equipment, "equipment")
+    seen_nodes: set[str] = set()
+    for where, node, _parent in nodes:
+        if node.code in seen_nodes:
+            problems.append(f"{where}.code: duplicate code {node.code}")
+        seen_nodes.add(node.code)
+        if node.equipment_class and node.equipment_class not in class_codes:
+            problems.append(f"{where}.equipment_class: unknown class {node.equipment_class}")
+    rooms = {n.code for _, n, _ in nodes if n.level == EquipmentLevel.room}
+    for where, node, _parent in nodes:
+        if node.room and node.room not in rooms:
+            problems.append(f"{where}.room: {node.room} is not a room in this file")
+    return problems
+
+
+@dataclass
+class LoadReport:
+    created: dict[str, int] = field(default_factory=dict)
+    updated: dict[str, int] = field(default_factory=dict)
+    unchanged: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, bucket: dict[str, int], kind: str) -> None:
+        bucket[kind] = bucket.get(kind, 0) + 1
+
+
+def _changed(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in wanted.items() if current.get(k) != v}
+
+
+async def apply_plant(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    spec: PlantSpec,
+    *,
+    source: str,
+) -> LoadReport:
+    """Create or update every record of ``spec`` in the caller's transaction."""
+    report = LoadReport()
+    reason = f"plant model loaded from {source}"
+
+    for c in spec.equipment_classes:
+        found = await equipment.find_class(session, c.code)
+        if found is None:
+            await equipment.create_class(ctx, session, principal, EquipmentClassCreate(
+                code=c.code, name=c.name, description=c.description, reason=reason))
+            report.count(report.created, "equipment_class")
+            continue
+        diff = _changed({"name": found.name, "description": found.description},
+                        {"name": c.name, "description": c.description})
+        if diff:
+            await equipment.update_class(ctx, session, principal, c.code, found.version,
+                                         EquipmentClassUpdate(reason=reason, **diff))
+            report.count(report.updated, "equipment_class")
+        else:
+            report.count(report.unchanged, "equipment_class")
+
+    for m in spec.materials:
+        found_m = await material.find(session, m.code)
+        wanted = m.model_dump(exclude={"code"})
+        if found_m is None:
+            await material.create(ctx, session, principal,
+                                  MaterialCreate(code=m.code, reason=reason, **wanted))
+            report.count(report.created, "material")
+            continue
+        current = material.public(found_m).model_dump()
+        diff = _changed(current, wanted)
+        if diff:
+            await material.update(ctx, session, principal, m.code, found_m.version,
+                                  MaterialUpdate(reason=reason, **diff))
+            report.count(report.updated, "material")
+        else:
+            report.count(report.unchanged, "material")
+
+    nodes = _walk(spec.equipment, "equipment")
+    # Rooms and work centers before units, so that a unit can name a room of another area.
+    ordered = [n for n in nodes if n[1].level != EquipmentLevel.unit] + [
+        n for n in nodes if n[1].level == EquipmentLevel.unit
+    ]
+    for where, node, parent in ordered:
+        await _apply_node(ctx, session, principal, node, parent, where, reason, report)
+    return report
+
+
+async def _apply_node(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    node: NodeSpec,
+    parent: NodeSpec | None,
+    where: str,
+    reason: str,
+    report: LoadReport,
+) -> None:
+    found = await equipment.find(session, node.code)
+    if found is None:
+        eq = await equipment.create_equipment(ctx, session, principal, EquipmentCreate(
+            code=node.code, name=node.name, level=node.level, kind=node.kind,
+            parent_code=parent.code if parent else None,
+            equipment_class=node.equipment_class, room_code=node.room,
+            asset_no=node.asset_no, status=node.status,
+            calibration_due_at=node.calibration_due_at,
+            maintenance_due_at=node.maintenance_due_at,
+            cleanroom_class=node.cleanroom_class, is_dry_room=node.is_dry_room,
+            description=node.description, reason=reason,
+        ))
+        if node.qualified_until is not None:
+            await _import_qualification(ctx, session, principal, eq, node.qualified_until,
+                                        reason)
+        report.count(report.created, "equipment")
+        return
+    current = await equipment.view(session, found)
+    if current["level"] != node.level or current["parent_code"] != (
+        parent.code if parent else None
+    ):
+        report.notes.append(
+            f"{where}: {node.code} stays where it is ({current['level']} under "
+            f"{current['parent_code']}); moving equipment is not done by a plant load"
+        )
+    if node.qualified_until is not None and current["qualified_until"] != node.qualified_until:
+        report.notes.append(
+            f"{where}: {node.code} qualified_until not changed; use the signed QA approval"
+        )
+    wanted = {
+        "name": node.name, "kind": node.kind, "equipment_class": node.equipment_class,
+        "room_code": node.room, "asset_no": node.asset_no,
+        "calibration_due_at": node.calibration_due_at,
+        "maintenance_due_at": node.maintenance_due_at,
+        "cleanroom_class": node.cleanroom_class, "is_dry_room": node.is_dry_room,
+        "description": node.description,
+    }
+    diff = _changed(current, wanted)
+    if diff:
+        await equipment.update_equipment(ctx, session, principal, node.code, found.version,
+                                         EquipmentUpdate(reason=reason, **diff))
+        report.count(report.updated, "equipment")
+    else:
+        report.count(report.unchanged, "equipment")
+
+
+async def _import_qualification(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    eq: Any,
+    qualified_until: datetime,
+    reason: str,
+) -> None:
+    old = {"qualified_until": eq.qualified_until}
+    eq.qualified_until = qualified_until
+    eq.version += 1
+    eq.updated_at = ctx.clock.now()
+    session.add(eq)
+    await audit.record_change(
+        session, principal, action="qualify_import", entity_type="equipment",
+        entity_id=eq.code, entity_version=eq.version, old=old,
+        new={"qualified_until": qualified_until}, fields=("qualified_until",),
+        reason=f"{reason}: qualification status imported at commissioning",
+    )
+
+
+async def load_plant_file(
+    ctx: AppContext, principal: Principal, path: Path
+) -> LoadReport:
+    """Validate ``path`` and apply it in one transaction (all or nothing)."""
+    spec = parse_plant_file(path)
+    async with ctx.db.sessionmaker() as session, session.begin():
+        return await apply_plant(ctx, session, principal, spec, source=path.name)

@@ -1,0 +1,1 @@
+"""Electronic signatures (21 CFR 11.50, 11.70, 11.200): a reusable signing service."""
