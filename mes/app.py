@@ -15,6 +15,7 @@ from mes.context import AppContext
 from mes.http import BodySizeLimit, install_error_handlers
 from mes.identity.deps import check_route_permissions
 from mes.migrate import upgrade
+from mes.openapi import install_openapi
 from mes.settings import MesSettings, load_settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(build_api_router())
     check_route_permissions(app)
+    install_openapi(app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=[],

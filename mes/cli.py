@@ -12,9 +12,9 @@ from typing import Annotated, TypeVar
 
 import typer
 from pydantic import ValidationError
-from sqlalchemy.exc import SQLAlchemyError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 import mes
 from mes.context import AppContext
@@ -28,8 +28,12 @@ from mes.plant.loader import PlantFileError, load_plant_file
 from mes.principal import system_principal
 from mes.settings import MesSettings, load_settings
 
-app = typer.Typer(help="Manufacturing execution system for absorbable implants.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Manufacturing execution system for absorbable implants.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 users_app = typer.Typer(help="User accounts.", no_args_is_help=True)
 plant_app = typer.Typer(help="Plant model.", no_args_is_help=True)
@@ -83,8 +87,10 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 @app.command()
@@ -109,18 +115,26 @@ def serve(
     if port:
         overrides["port"] = port
     settings = load_settings(**overrides)
-    console.print(f"MES {mes.__version__} on [bold]http://{settings.host}:{settings.port}[/] "
-                  f"- database {database_url_for_display(settings.database_url)}")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, proxy_headers=False)
+    console.print(
+        f"MES {mes.__version__} on [bold]http://{settings.host}:{settings.port}[/] "
+        f"- database {database_url_for_display(settings.database_url)}"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+    )
 
 
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
-    no_serve: Annotated[bool, typer.Option("--no-serve",
-                                           help="Prepare the demo database and exit.")] = False,
+    no_serve: Annotated[
+        bool, typer.Option("--no-serve", help="Prepare the demo database and exit.")
+    ] = False,
 ) -> None:
     """Run the demo: SQLite database in ./var, the plant model loaded, demo users created."""
     import uvicorn
@@ -135,14 +149,25 @@ def demo(
     async def prepare(ctx: AppContext) -> None:
         await upgrade(ctx.db.engine)
         report = await load_plant_file(ctx, system_principal("demo"), settings.plant_file)
-        console.print(f"plant model from {settings.plant_file}: created {report.created or 0}, "
-                      f"updated {report.updated or 0}")
+        console.print(
+            f"plant model from {settings.plant_file}: created {report.created or 0}, "
+            f"updated {report.updated or 0}"
+        )
         async with ctx.db.sessionmaker() as session, session.begin():
             for username, full_name, roles in DEMO_USERS:
                 if await identity.find_user(session, username) is None:
-                    await identity.create_user(ctx, session, system_principal("demo"), UserCreate(
-                        username=username, full_name=full_name, password=DEMO_PASSWORD,
-                        roles=list(roles), reason="demo account"))
+                    await identity.create_user(
+                        ctx,
+                        session,
+                        system_principal("demo"),
+                        UserCreate(
+                            username=username,
+                            full_name=full_name,
+                            password=DEMO_PASSWORD,
+                            roles=list(roles),
+                            reason="demo account",
+                        ),
+                    )
 
     try:
         _run(settings, prepare)
@@ -164,7 +189,7 @@ def demo(
     uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
 
 
-# --- db ---------------------------------------------------------------------------------------
+# --- db ------------------------------------------------------------------------------------------
 
 
 @db_app.command("upgrade")
@@ -177,8 +202,10 @@ def db_upgrade() -> None:
         return await current_revision(ctx.db.engine)
 
     revision = _run(settings, work)
-    console.print(f"database {database_url_for_display(settings.database_url)} "
-                  f"at revision [bold]{revision}[/]")
+    console.print(
+        f"database {database_url_for_display(settings.database_url)} "
+        f"at revision [bold]{revision}[/]"
+    )
 
 
 @db_app.command("current")
@@ -195,7 +222,7 @@ def db_current() -> None:
         raise typer.Exit(1)
 
 
-# --- users --------------------------------------------------------------------------------------
+# --- users ---------------------------------------------------------------------------------------
 
 
 @users_app.command("create")
@@ -203,8 +230,9 @@ def users_create(
     username: Annotated[str, typer.Argument(help="Login name (never reused).")],
     full_name: Annotated[str, typer.Option("--full-name", help="Printed name for signatures.")],
     role: Annotated[list[Role], typer.Option("--role", help="Role; repeat for several.")],
-    password_stdin: Annotated[bool, typer.Option(
-        "--password-stdin", help="Read the password from standard input.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
 ) -> None:
     """Create a user account (audited as the CLI)."""
     if password_stdin:
@@ -214,11 +242,17 @@ def users_create(
         if getpass.getpass("Repeat: ") != password:
             raise _fail("passwords differ")
     try:
-        data = UserCreate(username=username, full_name=full_name, password=password,
-                          roles=role, reason=f"created with mes users create by {_os_user()}")
+        data = UserCreate(
+            username=username,
+            full_name=full_name,
+            password=password,
+            roles=role,
+            reason=f"created with mes users create by {_os_user()}",
+        )
     except ValidationError as exc:
-        raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                              for e in exc.errors())) from exc
+        raise _fail(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from exc
     settings = load_settings()
 
     async def work(ctx: AppContext) -> None:
@@ -241,8 +275,9 @@ def keys_create(
     """Issue a machine API key; the secret is printed once."""
     settings = load_settings()
     try:
-        data = ApiKeyCreate(name=name, sources=source,
-                            reason=f"issued with mes keys create by {_os_user()}")
+        data = ApiKeyCreate(
+            name=name, sources=source, reason=f"issued with mes keys create by {_os_user()}"
+        )
     except ValidationError as exc:
         raise _fail(str(exc)) from exc
 
@@ -250,7 +285,8 @@ def keys_create(
         await upgrade(ctx.db.engine)
         async with ctx.db.sessionmaker() as session, session.begin():
             issued = await identity.create_api_key(
-                ctx, session, system_principal(f"cli:{_os_user()}"), data)
+                ctx, session, system_principal(f"cli:{_os_user()}"), data
+            )
             return issued.api_key
 
     try:
@@ -260,12 +296,13 @@ def keys_create(
     console.print(f"API key [bold]{name}[/] (shown once): {secret}")
 
 
-# --- plant ----------------------------------------------------------------------------------------
+# --- plant ---------------------------------------------------------------------------------------
 
 
 @plant_app.command("load")
-def plant_load(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
-                                                     help="Plant YAML file.")]) -> None:
+def plant_load(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="Plant YAML file.")],
+) -> None:
     """Create or update the plant model from a YAML file, in one audited transaction."""
     settings = load_settings()
 
@@ -290,14 +327,18 @@ def plant_load(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
     table.add_column("updated", justify="right")
     table.add_column("unchanged", justify="right")
     for kind in ("equipment_class", "material", "equipment"):
-        table.add_row(kind, str(report.created.get(kind, 0)), str(report.updated.get(kind, 0)),
-                      str(report.unchanged.get(kind, 0)))
+        table.add_row(
+            kind,
+            str(report.created.get(kind, 0)),
+            str(report.updated.get(kind, 0)),
+            str(report.unchanged.get(kind, 0)),
+        )
     console.print(table)
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
 
 
-# --- audit ----------------------------------------------------------------------------------------
+# --- audit ---------------------------------------------------------------------------------------
 
 
 @audit_app.command("verify")
@@ -313,12 +354,16 @@ def audit_verify() -> None:
 
     result = _run(settings, work)
     if result.ok:
-        console.print(f"[green]audit trail intact[/]: {result.checked} entries, "
-                      f"head seq {result.head_seq} hash {result.head_hash[:16]}...")
+        console.print(
+            f"[green]audit trail intact[/]: {result.checked} entries, "
+            f"head seq {result.head_seq} hash {result.head_hash[:16]}..."
+        )
         return
-    err.print(f"[bold red]audit trail broken[/] at entry seq={result.broken_seq} "
-              f"id={result.broken_id}: {result.problem} "
-              f"({result.checked} entries before it verified)")
+    err.print(
+        f"[bold red]audit trail broken[/] at entry seq={result.broken_seq} "
+        f"id={result.broken_id}: {result.problem} "
+        f"({result.checked} entries before it verified)"
+    )
     raise typer.Exit(1)
 
 

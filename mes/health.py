@@ -58,16 +58,29 @@ async def health(ctx: ContextDep, response: Response) -> Health:
         )
     except (SQLAlchemyError, OSError) as exc:
         log.warning("health: database unreachable: %s", exc.__class__.__name__)
-        db = DatabaseState(status="down", dialect=ctx.db.dialect, revision=None,
-                           expected_revision=expected, detail=exc.__class__.__name__)
+        db = DatabaseState(
+            status="down",
+            dialect=ctx.db.dialect,
+            revision=None,
+            expected_revision=expected,
+            detail=exc.__class__.__name__,
+        )
     components = {
         name: ComponentState(status=c.status, detail=c.detail)
         for name, c in sorted(ctx.components.items())
     }
     degraded = any(c.status != "ok" for c in components.values())
-    status = "ok" if db.status == "ok" and not degraded else (
-        "down" if db.status != "ok" else "degraded")
+    status = (
+        "ok"
+        if db.status == "ok" and not degraded
+        else ("down" if db.status != "ok" else "degraded")
+    )
     if db.status != "ok":
         response.status_code = 503
-    return Health(status=status, version=mes.__version__, started_at=ctx.started_at,
-                  database=db, components=components)
+    return Health(
+        status=status,
+        version=mes.__version__,
+        started_at=ctx.started_at,
+        database=db,
+        components=components,
+    )

@@ -28,13 +28,14 @@ from mes.context import AppContext
 from mes.errors import BadRequest, Conflict, InvalidInput, MesError, PreconditionRequired
 from mes.models import IdempotencyRecord
 from mes.principal import Principal
+from mes.routes import route_contexts
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
 
-# --- context and unit of work -------------------------------------------------------------
+# --- context and unit of work --------------------------------------------------------------------
 
 
 def get_context(request: Request) -> AppContext:
@@ -67,7 +68,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-# --- errors ---------------------------------------------------------------------------------
+# --- errors --------------------------------------------------------------------------------------
 
 
 def problem_response(
@@ -86,6 +87,16 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method of every route whose path matches (Starlette reports only one route's)."""
+    methods: set[str] = set()
+    for route in route_contexts(request.app):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods - {"HEAD"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """RFC 9457 problem+json for every error; never a traceback in a response."""
 
@@ -98,8 +109,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": _field_path(tuple(err.get("loc", ()))), "message": err.get("msg", ""),
-             "type": err.get("type", "")}
+            {
+                "field": _field_path(tuple(err.get("loc", ()))),
+                "message": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
             for err in exc.errors()
         ]
         fields = ", ".join(sorted({e["field"] for e in errors})) or "request"
@@ -117,6 +131,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem_response(
             exc.status_code,
             {
@@ -126,7 +143,7 @@ def install_error_handlers(app: FastAPI) -> None:
                 "detail": str(exc.detail),
                 "instance": request.url.path,
             },
-            headers=getattr(exc, "headers", None),
+            headers=headers or None,
         )
 
     @app.exception_handler(Exception)
@@ -145,7 +162,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-# --- optimistic concurrency ------------------------------------------------------------------
+# --- optimistic concurrency ----------------------------------------------------------------------
+
+
+IF_MATCH_PATTERN = r'^(W/)?"?[0-9]{1,12}"?$'
 
 
 def etag(version: int) -> str:
@@ -157,8 +177,9 @@ def required_version(
         str | None,
         Header(
             alias="If-Match",
-            description='Version the update is based on, as returned in ETag: `"3"`.',
-            max_length=40,
+            description='Required: the version the update is based on, as returned in ETag '
+            '(`"3"`). Missing: 428; stale: 412.',
+            pattern=IF_MATCH_PATTERN,
         ),
     ] = None,
 ) -> int:
@@ -174,7 +195,8 @@ def required_version(
 def optional_version(
     if_match: Annotated[
         str | None,
-        Header(alias="If-Match", description="Optional version guard.", max_length=40),
+        Header(alias="If-Match", description="Optional version guard.",
+               pattern=IF_MATCH_PATTERN),
     ] = None,
 ) -> int | None:
     return parse_if_match(if_match) if if_match is not None else None
@@ -187,7 +209,7 @@ def parse_if_match(value: str) -> int:
     raw = raw.strip('"')
     if not raw.isdigit() or len(raw) > 12:
         raise BadRequest(
-            f"If-Match must be a version ETag such as \"3\", got {value!r}",
+            f'If-Match must be a version ETag such as "3", got {value!r}',
             field="header.If-Match",
         )
     return int(raw)
@@ -197,12 +219,14 @@ VersionDep = Annotated[int, Depends(required_version)]
 OptionalVersionDep = Annotated[int | None, Depends(optional_version)]
 
 
-# --- pagination -------------------------------------------------------------------------------
+# --- pagination ----------------------------------------------------------------------------------
 
 
 LimitQuery = Annotated[int, Query(ge=1, le=500, description="Page size (1-500).")]
 CursorQuery = Annotated[
-    str | None, Query(max_length=500, description="Opaque cursor from `next_cursor`.")
+    str | None,
+    Query(max_length=500, pattern=r"^[A-Za-z0-9_-]+$",
+          description="Opaque cursor from `next_cursor`."),
 ]
 
 
@@ -218,8 +242,9 @@ def decode_cursor(cursor: str | None) -> Any:
         padded = cursor + "=" * (-len(cursor) % 4)
         return json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput("cursor is not a value returned by this API", field="query.cursor") \
-            from exc
+        raise InvalidInput(
+            "cursor is not a value returned by this API", field="query.cursor"
+        ) from exc
 
 
 def decode_str_cursor(cursor: str | None) -> str | None:
@@ -236,16 +261,17 @@ def decode_int_cursor(cursor: str | None) -> int | None:
     return value
 
 
-# --- idempotency -----------------------------------------------------------------------------
+# --- idempotency ---------------------------------------------------------------------------------
 
 
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
-        description="Client-chosen key; a retry with the same key and body replays the "
-        "first response, a different body with the same key is refused (422).",
-        max_length=200,
+        description="Client-chosen key (1-200 visible ASCII characters); a retry with the "
+        "same key and body replays the first response, a different body with the same key is "
+        "refused (422).",
+        pattern=r"^[!-~]{1,200}$",
     ),
 ]
 
@@ -338,7 +364,7 @@ async def idempotent(
     return JSONResponse(record.response_body, status_code=status, headers=headers)
 
 
-# --- request body cap --------------------------------------------------------------------------
+# --- request body cap ----------------------------------------------------------------------------
 
 
 class BodySizeLimit:

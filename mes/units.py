@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import tokenize
 from functools import lru_cache
+from typing import Any
 
 import pint
-
 
 # Unit expressions are products/quotients of named units with integer powers (kg, mg/L,
 # 1/m**3); anything else is refused before pint's expression parser sees it.
@@ -17,8 +17,8 @@ _UNIT_EXPR = re.compile(
 
 
 @lru_cache(maxsize=1)
-def registry() -> pint.UnitRegistry:
-    ureg = pint.UnitRegistry()
+def registry() -> pint.UnitRegistry[Any]:
+    ureg: pint.UnitRegistry[Any] = pint.UnitRegistry()
     ureg.define("each = [count] = ea = piece = pcs")
     return ureg
 
@@ -32,8 +32,18 @@ def check_uom(text: str) -> str:
         raise ValueError(f"unknown unit of measure {text!r}")
     try:
         registry().parse_units(candidate)
-    except (pint.errors.PintError, tokenize.TokenError, SyntaxError, ValueError, KeyError,
-            IndexError, AttributeError, TypeError, AssertionError, ArithmeticError) as exc:
+    except (
+        pint.errors.PintError,
+        tokenize.TokenError,
+        SyntaxError,
+        ValueError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        TypeError,
+        AssertionError,
+        ArithmeticError,
+    ) as exc:
         # pint's parser surfaces tokenizer and evaluation errors of its own expression
         # language; every one of them means the text is not a unit.
         raise ValueError(f"unknown unit of measure {text!r}") from exc

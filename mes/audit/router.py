@@ -32,8 +32,12 @@ async def list_audit(
 ) -> AuditList:
     """Audit entries in the order they were written (21 CFR 11.10(e))."""
     rows, last = await service.list_entries(
-        session, entity_type=entity_type, entity_id=entity_id, username=username,
-        after=decode_int_cursor(cursor), limit=limit,
+        session,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        username=username,
+        after=decode_int_cursor(cursor),
+        limit=limit,
     )
     return AuditList(
         items=[AuditEntryPublic.model_validate(r, from_attributes=True) for r in rows],
@@ -46,7 +50,11 @@ async def verify_audit(session: SessionDep, _: Verifier) -> ChainReport:
     """Recompute the SHA-256 chain and name the first broken entry (AT-5)."""
     result = await service.verify_chain(session)
     return ChainReport(
-        ok=result.ok, checked=result.checked, head_seq=result.head_seq,
-        head_hash=result.head_hash, broken_seq=result.broken_seq, broken_id=result.broken_id,
+        ok=result.ok,
+        checked=result.checked,
+        head_seq=result.head_seq,
+        head_hash=result.head_hash,
+        broken_seq=result.broken_seq,
+        broken_id=result.broken_id,
         problem=result.problem,
     )

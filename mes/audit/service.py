@@ -73,8 +73,9 @@ async def record(
 ) -> AuditEntry:
     """Append one audit entry in the caller's transaction (AT-1, AT-2, AT-5)."""
     if not reason or not reason.strip():
-        raise InvalidInput("a reason is required for every regulated change", rule="AT-3",
-                           field="reason")
+        raise InvalidInput(
+            "a reason is required for every regulated change", rule="AT-3", field="reason"
+        )
     await session.flush()
     await _lock_chain(session)
     prev = await _chain_head(session)

@@ -60,8 +60,14 @@ async def list_equipment(
 ) -> EquipmentList:
     """The equipment hierarchy (sites, areas, work centers, units, rooms) ordered by code."""
     items, last = await service.list_equipment(
-        session, now=ctx.clock.now(), level=level, parent_code=parent_code,
-        site_code=site_code, status=status, after=decode_str_cursor(cursor), limit=limit,
+        session,
+        now=ctx.clock.now(),
+        level=level,
+        parent_code=parent_code,
+        site_code=site_code,
+        status=status,
+        after=decode_str_cursor(cursor),
+        limit=limit,
     )
     return EquipmentList(items=items, next_cursor=encode_cursor(last) if last else None)
 
@@ -79,12 +85,21 @@ async def create_equipment(
 
     async def create() -> tuple[int, EquipmentPublic, dict[str, str]]:
         eq = await service.create_equipment(ctx, session, principal, body)
-        return 201, await service.public(session, eq, ctx.clock.now()), {
-            "ETag": etag(eq.version), "Location": f"/api/v1/equipment/{eq.code}"}
+        return (
+            201,
+            await service.public(session, eq, ctx.clock.now()),
+            {"ETag": etag(eq.version), "Location": f"/api/v1/equipment/{eq.code}"},
+        )
 
-    return await idempotent(request=request, session=session, principal=principal,
-                            key=idempotency_key, body=body,
-                            ttl=ctx.settings.idempotency_ttl, create=create)
+    return await idempotent(
+        request=request,
+        session=session,
+        principal=principal,
+        key=idempotency_key,
+        body=body,
+        ttl=ctx.settings.idempotency_ttl,
+        create=create,
+    )
 
 
 @router.get("/equipment/{code}", response_model=EquipmentPublic)
@@ -101,10 +116,10 @@ async def get_equipment(
 async def update_equipment(
     code: str,
     body: EquipmentUpdate,
+    principal: Editor,
     version: VersionDep,
     ctx: ContextDep,
     session: SessionDep,
-    principal: Editor,
     response: Response,
 ) -> EquipmentPublic:
     """Edit attributes (If-Match and a reason required). Audited field by field."""
@@ -117,15 +132,16 @@ async def update_equipment(
 async def change_equipment_status(
     code: str,
     body: StatusChange,
+    principal: FloorUser,
     version: OptionalVersionDep,
     ctx: ContextDep,
     session: SessionDep,
-    principal: FloorUser,
     response: Response,
 ) -> EquipmentPublic:
     """Report a unit idle, down, cleaning or in maintenance, with a reason."""
-    eq = await service.change_status(ctx, session, principal, code, body.status, body.reason,
-                                     version)
+    eq = await service.change_status(
+        ctx, session, principal, code, body.status, body.reason, version
+    )
     response.headers["ETag"] = etag(eq.version)
     return await service.public(session, eq, ctx.clock.now())
 
@@ -134,10 +150,10 @@ async def change_equipment_status(
 async def qualify_equipment(
     code: str,
     body: QualificationApproval,
+    principal: Qa,
     version: OptionalVersionDep,
     ctx: ContextDep,
     session: SessionDep,
-    principal: Qa,
     response: Response,
 ) -> QualificationResult:
     """QA approves a unit's qualification (IQ/OQ/PQ) until a date with an e-signature
@@ -150,7 +166,7 @@ async def qualify_equipment(
     )
 
 
-# --- equipment classes -------------------------------------------------------------------------
+# --- equipment classes ---------------------------------------------------------------------------
 
 
 @router.get("/equipment-classes", response_model=EquipmentClassList)
@@ -158,8 +174,7 @@ async def list_equipment_classes(
     session: SessionDep, _: Reader, cursor: CursorQuery = None, limit: LimitQuery = 50
 ) -> EquipmentClassList:
     """Equipment classes ordered by code."""
-    items, last = await service.list_classes(session, after=decode_str_cursor(cursor),
-                                             limit=limit)
+    items, last = await service.list_classes(session, after=decode_str_cursor(cursor), limit=limit)
     return EquipmentClassList(items=items, next_cursor=encode_cursor(last) if last else None)
 
 
@@ -176,13 +191,24 @@ async def create_equipment_class(
 
     async def create() -> tuple[int, EquipmentClassPublic, dict[str, str]]:
         created = await service.create_class(ctx, session, principal, body)
-        return 201, service.class_public(created), {
-            "ETag": etag(created.version),
-            "Location": f"/api/v1/equipment-classes/{created.code}"}
+        return (
+            201,
+            service.class_public(created),
+            {
+                "ETag": etag(created.version),
+                "Location": f"/api/v1/equipment-classes/{created.code}",
+            },
+        )
 
-    return await idempotent(request=request, session=session, principal=principal,
-                            key=idempotency_key, body=body,
-                            ttl=ctx.settings.idempotency_ttl, create=create)
+    return await idempotent(
+        request=request,
+        session=session,
+        principal=principal,
+        key=idempotency_key,
+        body=body,
+        ttl=ctx.settings.idempotency_ttl,
+        create=create,
+    )
 
 
 @router.get("/equipment-classes/{code}", response_model=EquipmentClassPublic)
@@ -199,10 +225,10 @@ async def get_equipment_class(
 async def update_equipment_class(
     code: str,
     body: EquipmentClassUpdate,
+    principal: Editor,
     version: VersionDep,
     ctx: ContextDep,
     session: SessionDep,
-    principal: Editor,
     response: Response,
 ) -> EquipmentClassPublic:
     """Edit an equipment class (If-Match and a reason required). Audited."""

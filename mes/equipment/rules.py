@@ -37,9 +37,7 @@ MANUAL_STATUS_TRANSITIONS: dict[EquipmentStatus, frozenset[EquipmentStatus]] = {
 CLEANROOM_CLASSES = frozenset(f"ISO {n}" for n in range(1, 10))
 
 
-def hierarchy_problem(
-    level: EquipmentLevel, parent_level: EquipmentLevel | None
-) -> str | None:
+def hierarchy_problem(level: EquipmentLevel, parent_level: EquipmentLevel | None) -> str | None:
     """Why a node of ``level`` cannot sit under ``parent_level``, or None (ISA-95 levels)."""
     expected = PARENT_LEVEL[level]
     if expected is None and parent_level is not None:

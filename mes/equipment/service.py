@@ -41,9 +41,23 @@ from mes.records import apply_update, check_version
 from mes.signature import service as signatures
 
 EQUIPMENT_FIELDS = (
-    "code", "name", "level", "kind", "parent_code", "site_code", "equipment_class",
-    "room_code", "asset_no", "status", "calibration_due_at", "maintenance_due_at",
-    "qualified_until", "cleanroom_class", "is_dry_room", "description", "is_active",
+    "code",
+    "name",
+    "level",
+    "kind",
+    "parent_code",
+    "site_code",
+    "equipment_class",
+    "room_code",
+    "asset_no",
+    "status",
+    "calibration_due_at",
+    "maintenance_due_at",
+    "qualified_until",
+    "cleanroom_class",
+    "is_dry_room",
+    "description",
+    "is_active",
 )
 CLASS_FIELDS = ("code", "name", "description")
 
@@ -113,8 +127,9 @@ async def _class_codes(
     return {row.id: row.code for row in rows}
 
 
-def _view(eq: Equipment, codes: Mapping[uuid.UUID, str],
-          class_codes: Mapping[uuid.UUID, str]) -> dict[str, Any]:
+def _view(
+    eq: Equipment, codes: Mapping[uuid.UUID, str], class_codes: Mapping[uuid.UUID, str]
+) -> dict[str, Any]:
     def code_of(ident: uuid.UUID | None) -> str | None:
         return codes.get(ident) if ident is not None else None
 
@@ -126,7 +141,8 @@ def _view(eq: Equipment, codes: Mapping[uuid.UUID, str],
         "parent_code": code_of(eq.parent_id),
         "site_code": code_of(eq.site_id),
         "equipment_class": class_codes.get(eq.equipment_class_id)
-        if eq.equipment_class_id else None,
+        if eq.equipment_class_id
+        else None,
         "room_code": code_of(eq.room_id),
         "asset_no": eq.asset_no,
         "status": eq.status,
@@ -188,10 +204,15 @@ async def list_equipment(
     if status is not None:
         stmt = stmt.where(Equipment.status == status)
     if parent_code is not None:
-        parent = await get(session, parent_code)
+        parent = await find(session, parent_code)
+        if parent is None:
+            raise InvalidInput(f"parent_code {parent_code!r} is not in the plant model",
+                               field="query.parent_code")
         stmt = stmt.where(Equipment.parent_id == parent.id)
     if site_code is not None:
-        site = await get(session, site_code)
+        site = await find(session, site_code)
+        if site is None or EquipmentLevel(site.level) != EquipmentLevel.site:
+            raise InvalidInput(f"site_code {site_code!r} is not a site", field="query.site_code")
         stmt = stmt.where(Equipment.site_id == site.id)
     if after is not None:
         stmt = stmt.where(col(Equipment.code) > after)
@@ -204,7 +225,7 @@ async def list_equipment(
     return items, (rows[-1].code if more else None)
 
 
-# --- equipment classes ------------------------------------------------------------------------------
+# --- equipment classes ---------------------------------------------------------------------------
 
 
 def class_public(found: EquipmentClass) -> EquipmentClassPublic:
@@ -224,13 +245,20 @@ async def create_class(
     if await find_class(session, data.code) is not None:
         raise AlreadyExists(f"equipment class {data.code!r} already exists", field="code")
     now = ctx.clock.now()
-    created = EquipmentClass(code=data.code, name=data.name, description=data.description,
-                             created_at=now, updated_at=now)
+    created = EquipmentClass(
+        code=data.code, name=data.name, description=data.description, created_at=now, updated_at=now
+    )
     session.add(created)
     await audit.record_change(
-        session, principal, action="create", entity_type="equipment_class",
-        entity_id=created.code, entity_version=created.version, old=None,
-        new={f: getattr(created, f) for f in CLASS_FIELDS}, fields=CLASS_FIELDS,
+        session,
+        principal,
+        action="create",
+        entity_type="equipment_class",
+        entity_id=created.code,
+        entity_version=created.version,
+        old=None,
+        new={f: getattr(created, f) for f in CLASS_FIELDS},
+        fields=CLASS_FIELDS,
         reason=data.reason,
     )
     return created
@@ -253,9 +281,16 @@ async def update_class(
     if new:
         session.add(found)
         await audit.record_change(
-            session, principal, action="update", entity_type="equipment_class",
-            entity_id=found.code, entity_version=found.version, old=old, new=new,
-            fields=new.keys(), reason=data.reason,
+            session,
+            principal,
+            action="update",
+            entity_type="equipment_class",
+            entity_id=found.code,
+            entity_version=found.version,
+            old=old,
+            new=new,
+            fields=new.keys(),
+            reason=data.reason,
         )
     return found
 
@@ -272,7 +307,7 @@ async def list_classes(
     return [class_public(r) for r in rows], (rows[-1].code if more else None)
 
 
-# --- equipment -------------------------------------------------------------------------------------
+# --- equipment -----------------------------------------------------------------------------------
 
 
 async def _resolve_parent(
@@ -296,8 +331,9 @@ async def _resolve_room(
         return None
     room = await find(session, room_code)
     if room is None or EquipmentLevel(room.level) != EquipmentLevel.room:
-        raise InvalidInput(f"room {room_code!r} is not a room of the plant model",
-                           field="room_code")
+        raise InvalidInput(
+            f"room {room_code!r} is not a room of the plant model", field="room_code"
+        )
     if room.site_id != site_id:
         raise InvalidInput(f"room {room_code!r} is on another site", field="room_code")
     return room.id
@@ -329,8 +365,11 @@ def _check_level_fields(
         if equipment_class_id is None:
             raise InvalidInput("a unit needs an equipment_class", field="equipment_class")
     else:
-        for name, value in (("equipment_class", equipment_class_id), ("room_code", room_id),
-                            ("status", status)):
+        for name, value in (
+            ("equipment_class", equipment_class_id),
+            ("room_code", room_id),
+            ("status", status),
+        ):
             if value is not None:
                 raise InvalidInput(f"{name} applies to units only, not to a {level}", field=name)
     if level != EquipmentLevel.room and (cleanroom_class is not None or is_dry_room):
@@ -356,9 +395,13 @@ async def create_equipment(
     if data.level == EquipmentLevel.unit and status is None:
         status = EquipmentStatus.idle
     _check_level_fields(
-        data.level, kind=data.kind, equipment_class_id=class_id, room_id=room_id,
+        data.level,
+        kind=data.kind,
+        equipment_class_id=class_id,
+        room_id=room_id,
         status=data.status if data.level != EquipmentLevel.unit else None,
-        cleanroom_class=data.cleanroom_class, is_dry_room=data.is_dry_room,
+        cleanroom_class=data.cleanroom_class,
+        is_dry_room=data.is_dry_room,
     )
     now = ctx.clock.now()
     eq = Equipment(
@@ -385,9 +428,16 @@ async def create_equipment(
     session.add(eq)
     await session.flush()
     await audit.record_change(
-        session, principal, action="create", entity_type="equipment", entity_id=eq.code,
-        entity_version=eq.version, old=None, new=await view(session, eq),
-        fields=EQUIPMENT_FIELDS, reason=data.reason,
+        session,
+        principal,
+        action="create",
+        entity_type="equipment",
+        entity_id=eq.code,
+        entity_version=eq.version,
+        old=None,
+        new=await view(session, eq),
+        fields=EQUIPMENT_FIELDS,
+        reason=data.reason,
     )
     return eq
 
@@ -425,9 +475,16 @@ async def update_equipment(
     if new:
         session.add(eq)
         await audit.record_change(
-            session, principal, action="update", entity_type="equipment", entity_id=eq.code,
-            entity_version=eq.version, old=before, new=await view(session, eq),
-            fields=EQUIPMENT_FIELDS, reason=data.reason,
+            session,
+            principal,
+            action="update",
+            entity_type="equipment",
+            entity_id=eq.code,
+            entity_version=eq.version,
+            old=before,
+            new=await view(session, eq),
+            fields=EQUIPMENT_FIELDS,
+            reason=data.reason,
         )
     return eq
 
@@ -452,8 +509,16 @@ async def change_status(
     old, new = apply_update(eq, {"status": target}, ctx.clock.now())
     session.add(eq)
     await audit.record_change(
-        session, principal, action="status", entity_type="equipment", entity_id=eq.code,
-        entity_version=eq.version, old=old, new=new, fields=("status",), reason=reason,
+        session,
+        principal,
+        action="status",
+        entity_type="equipment",
+        entity_id=eq.code,
+        entity_version=eq.version,
+        old=old,
+        new=new,
+        fields=("status",),
+        reason=reason,
     )
     return eq
 
@@ -478,20 +543,32 @@ async def approve_qualification(
     after = dict(before, qualified_until=data.qualified_until)
     # Sign first: a rejected signature must leave the record untouched.
     esig = await signatures.sign(
-        ctx, session, principal,
-        record_type="equipment", record_id=eq.code, record_version=eq.version + 1,
-        content=after, signature=data.signature,
+        ctx,
+        session,
+        principal,
+        record_type="equipment",
+        record_id=eq.code,
+        record_version=eq.version + 1,
+        content=after,
+        signature=data.signature,
         allowed_meanings=frozenset({SignatureMeaning.approved}),
     )
-    old, new = apply_update(eq, {"qualified_until": data.qualified_until}, now)
+    _, new = apply_update(eq, {"qualified_until": data.qualified_until}, now)
     if not new:  # same date re-approved: still a new, signed version
         eq.version += 1
         eq.updated_at = now
     session.add(eq)
     await audit.record_change(
-        session, principal, action="qualify", entity_type="equipment", entity_id=eq.code,
-        entity_version=eq.version, old=before, new=await view(session, eq),
-        fields=("qualified_until",), reason=data.reason,
+        session,
+        principal,
+        action="qualify",
+        entity_type="equipment",
+        entity_id=eq.code,
+        entity_version=eq.version,
+        old=before,
+        new=await view(session, eq),
+        fields=("qualified_until",),
+        reason=data.reason,
     )
     return eq, esig
 

@@ -4,11 +4,9 @@ with an undeclared route (RELIABILITY 3.1, S2)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from mes.errors import Forbidden, NotAuthenticated
@@ -16,6 +14,7 @@ from mes.http import SessionDep, get_context
 from mes.identity import service
 from mes.models import HUMAN_ROLES, Role
 from mes.principal import Principal, PrincipalKind
+from mes.routes import api_routes
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -74,8 +73,9 @@ ANY_HUMAN: tuple[Role, ...] = HUMAN_ROLES
 ANYONE: tuple[Role, ...] = (*HUMAN_ROLES, Role.machine)
 
 
-def route_roles(route: APIRoute) -> frozenset[Role] | None:
-    """The roles a route allows, read from its ``Allow`` dependency."""
+def route_roles(route: Any) -> frozenset[Role] | None:
+    """The roles a route allows, read from its ``Allow`` dependency (an APIRoute or the
+    route context ``mes.routes.api_routes`` yields)."""
     pending = list(route.dependant.dependencies)
     while pending:
         dep = pending.pop()
@@ -83,13 +83,6 @@ def route_roles(route: APIRoute) -> frozenset[Role] | None:
             return dep.call.roles
         pending.extend(dep.dependencies)
     return None
-
-
-def api_routes(app: FastAPI) -> Iterable[tuple[str, str, APIRoute]]:
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path.startswith("/api/"):
-            for method in sorted(route.methods):
-                yield method, route.path, route
 
 
 def check_route_permissions(app: FastAPI) -> None:

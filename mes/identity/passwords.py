@@ -10,17 +10,16 @@ from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
 
 # RFC 9106 "second recommended" profile: t=3, m=64 MiB, p=4; above OWASP's floor (m=19 MiB, t=2).
-STANDARD = {"time_cost": 3, "memory_cost": 65536, "parallelism": 4}
+STANDARD = Argon2Hasher(time_cost=3, memory_cost=65536, parallelism=4)
 # Only for the test suite; settings refuse it when env=production.
-TEST_CHEAP = {"time_cost": 1, "memory_cost": 1024, "parallelism": 1}
+TEST_CHEAP = Argon2Hasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 
 class PasswordHasher:
     """Async facade over pwdlib's Argon2id hasher."""
 
     def __init__(self, profile: Literal["standard", "test-cheap"] = "standard") -> None:
-        params = STANDARD if profile == "standard" else TEST_CHEAP
-        self._hash = PasswordHash((Argon2Hasher(**params),))
+        self._hash = PasswordHash((STANDARD if profile == "standard" else TEST_CHEAP,))
         self._limit = asyncio.Semaphore(4)
         # Verified against when the username is unknown, so timing does not reveal accounts.
         self._dummy = self._hash.hash("not-a-real-password-for-timing")

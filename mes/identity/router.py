@@ -106,7 +106,7 @@ async def change_password(
     return Response(status_code=204)
 
 
-# --- users -----------------------------------------------------------------------------------
+# --- users ---------------------------------------------------------------------------------------
 
 
 @router.get("/users", response_model=UserList)
@@ -137,14 +137,23 @@ async def create_user(
 
     async def create() -> tuple[int, UserPublic, dict[str, str]]:
         user = await service.create_user(ctx, session, principal, body)
-        return 201, await service.user_public(session, user), {
-            "ETag": etag(user.version),
-            "Location": f"/api/v1/users/{user.username}",
-        }
+        return (
+            201,
+            await service.user_public(session, user),
+            {
+                "ETag": etag(user.version),
+                "Location": f"/api/v1/users/{user.username}",
+            },
+        )
 
     return await idempotent(
-        request=request, session=session, principal=principal, key=idempotency_key,
-        body=body, ttl=ctx.settings.idempotency_ttl, create=create,
+        request=request,
+        session=session,
+        principal=principal,
+        key=idempotency_key,
+        body=body,
+        ttl=ctx.settings.idempotency_ttl,
+        create=create,
     )
 
 
@@ -162,10 +171,10 @@ async def get_user(
 async def update_user(
     username: str,
     body: UserUpdate,
+    principal: AdminDep,
     version: VersionDep,
     ctx: ContextDep,
     session: SessionDep,
-    principal: AdminDep,
     response: Response,
 ) -> UserPublic:
     """Change name, e-mail or roles. Requires If-Match and a reason (AT-3)."""
@@ -193,38 +202,61 @@ async def _status_action(
 
 @router.post("/users/{username}/unlock", response_model=UserPublic)
 async def unlock_user(
-    username: str, body: UserAction, version: OptionalVersionDep, ctx: ContextDep,
-    session: SessionDep, principal: AdminDep, response: Response,
+    username: str,
+    body: UserAction,
+    principal: AdminDep,
+    version: OptionalVersionDep,
+    ctx: ContextDep,
+    session: SessionDep,
+    response: Response,
 ) -> UserPublic:
     """Unlock an account locked by repeated failures (AC-5)."""
-    return await _status_action("unlock", username, body, version, ctx, session, principal,
-                                response)
+    return await _status_action(
+        "unlock", username, body, version, ctx, session, principal, response
+    )
 
 
 @router.post("/users/{username}/disable", response_model=UserPublic)
 async def disable_user(
-    username: str, body: UserAction, version: OptionalVersionDep, ctx: ContextDep,
-    session: SessionDep, principal: AdminDep, response: Response,
+    username: str,
+    body: UserAction,
+    principal: AdminDep,
+    version: OptionalVersionDep,
+    ctx: ContextDep,
+    session: SessionDep,
+    response: Response,
 ) -> UserPublic:
     """Disable an account and end its sessions. Accounts are never deleted (AC-1)."""
-    return await _status_action("disable", username, body, version, ctx, session, principal,
-                                response)
+    return await _status_action(
+        "disable", username, body, version, ctx, session, principal, response
+    )
 
 
 @router.post("/users/{username}/enable", response_model=UserPublic)
 async def enable_user(
-    username: str, body: UserAction, version: OptionalVersionDep, ctx: ContextDep,
-    session: SessionDep, principal: AdminDep, response: Response,
+    username: str,
+    body: UserAction,
+    principal: AdminDep,
+    version: OptionalVersionDep,
+    ctx: ContextDep,
+    session: SessionDep,
+    response: Response,
 ) -> UserPublic:
     """Re-enable a disabled account."""
-    return await _status_action("enable", username, body, version, ctx, session, principal,
-                                response)
+    return await _status_action(
+        "enable", username, body, version, ctx, session, principal, response
+    )
 
 
 @router.post("/users/{username}/password", response_model=UserPublic)
 async def reset_password(
-    username: str, body: PasswordReset, version: OptionalVersionDep, ctx: ContextDep,
-    session: SessionDep, principal: AdminDep, response: Response,
+    username: str,
+    body: PasswordReset,
+    principal: AdminDep,
+    version: OptionalVersionDep,
+    ctx: ContextDep,
+    session: SessionDep,
+    response: Response,
 ) -> UserPublic:
     """Set a new password for an account (administrator reset). Audited, value redacted."""
     user = await service.reset_password(
@@ -242,8 +274,7 @@ async def list_api_keys(
     session: SessionDep, _: AdminDep, cursor: CursorQuery = None, limit: LimitQuery = 50
 ) -> ApiKeyList:
     """Machine keys (never their secrets)."""
-    items, last = await service.list_api_keys(session, after=decode_str_cursor(cursor),
-                                              limit=limit)
+    items, last = await service.list_api_keys(session, after=decode_str_cursor(cursor), limit=limit)
     return ApiKeyList(items=items, next_cursor=encode_cursor(last) if last else None)
 
 
@@ -266,16 +297,27 @@ async def create_api_key(
 
     async def create() -> tuple[int, ApiKeyIssued, dict[str, str]]:
         issued = await service.create_api_key(ctx, session, principal, body)
-        return 201, issued, {"ETag": etag(issued.version),
-                             "Location": f"/api/v1/api-keys/{issued.name}"}
+        return (
+            201,
+            issued,
+            {"ETag": etag(issued.version), "Location": f"/api/v1/api-keys/{issued.name}"},
+        )
 
-    return await idempotent(request=request, session=session, principal=principal, key=None,
-                            body=body, ttl=ctx.settings.idempotency_ttl, create=create)
+    return await idempotent(
+        request=request,
+        session=session,
+        principal=principal,
+        key=None,
+        body=body,
+        ttl=ctx.settings.idempotency_ttl,
+        create=create,
+    )
 
 
 @router.get("/api-keys/{name}", response_model=ApiKeyPublic)
-async def get_api_key(name: str, session: SessionDep, _: AdminDep,
-                      response: Response) -> ApiKeyPublic:
+async def get_api_key(
+    name: str, session: SessionDep, _: AdminDep, response: Response
+) -> ApiKeyPublic:
     """One machine key."""
     key = await service.get_api_key(session, name)
     response.headers["ETag"] = etag(key.version)
@@ -284,12 +326,15 @@ async def get_api_key(name: str, session: SessionDep, _: AdminDep,
 
 @router.post("/api-keys/{name}/revoke", response_model=ApiKeyPublic)
 async def revoke_api_key(
-    name: str, body: UserAction, version: OptionalVersionDep, ctx: ContextDep,
-    session: SessionDep, principal: AdminDep, response: Response,
+    name: str,
+    body: UserAction,
+    principal: AdminDep,
+    version: OptionalVersionDep,
+    ctx: ContextDep,
+    session: SessionDep,
+    response: Response,
 ) -> ApiKeyPublic:
     """Revoke a machine key; it is refused from the next request on."""
     key = await service.revoke_api_key(ctx, session, principal, name, body.reason, version)
     response.headers["ETag"] = etag(key.version)
     return service.api_key_public(key)
-
-

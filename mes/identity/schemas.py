@@ -7,8 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from mes.models import Role, UserStatus
 from mes.identity.rules import USERNAME_PATTERN
+from mes.models import Role, UserStatus
 
 Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN, max_length=64)]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
@@ -28,20 +28,25 @@ class TokenResponse(BaseModel):
 
 class UserCreate(Body):
     username: Username
-    full_name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                max_length=200)]
-    email: Annotated[str, StringConstraints(max_length=254,
-                                            pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    full_name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    ]
+    email: (
+        Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None
+    ) = None
     password: Password
     roles: list[Role] = Field(default_factory=list, max_length=5)
     reason: Reason = "account created"
 
 
 class UserUpdate(Body):
-    full_name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                max_length=200)] | None = None
-    email: Annotated[str, StringConstraints(max_length=254,
-                                            pattern=r"^[^@\s]+@[^@\s]+$")] | None = None
+    full_name: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+        | None
+    ) = None
+    email: (
+        Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")] | None
+    ) = None
     roles: list[Role] | None = Field(default=None, max_length=5)
     reason: Reason
 

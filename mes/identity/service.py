@@ -57,7 +57,7 @@ REDACTED = "<redacted>"
 TOUCH_INTERVAL = timedelta(seconds=30)
 
 
-# --- reads -----------------------------------------------------------------------------------
+# --- reads ---------------------------------------------------------------------------------------
 
 
 async def roles_of(session: AsyncSession, user_id: uuid.UUID) -> list[Role]:
@@ -147,7 +147,7 @@ async def _audit_user(
     )
 
 
-# --- account administration -----------------------------------------------------------------
+# --- account administration ----------------------------------------------------------------------
 
 
 def _check_password(ctx: AppContext, password: str, username: str, field: str) -> None:
@@ -219,11 +219,7 @@ async def update_user(
     if "email" in data.model_fields_set:
         user.email = data.email
     new_roles = sorted(set(data.roles)) if data.roles is not None else current_roles
-    if (
-        principal.user_id == user.id
-        and Role.admin in current_roles
-        and Role.admin not in new_roles
-    ):
+    if principal.user_id == user.id and Role.admin in current_roles and Role.admin not in new_roles:
         raise Forbidden("administrators cannot remove their own admin role", field="roles")
     new = _snapshot(user, new_roles)
     if new == old:
@@ -234,8 +230,9 @@ async def update_user(
     user.version += 1
     user.updated_at = now
     session.add(user)
-    await _audit_user(session, principal, user, action="update", old=old, new=new,
-                      reason=data.reason)
+    await _audit_user(
+        session, principal, user, action="update", old=old, new=new, reason=data.reason
+    )
     return user
 
 
@@ -278,10 +275,18 @@ async def change_status(
     if action == "disable":
         await _end_sessions(session, user.id, now, "account_disabled")
     if action == "unlock":
-        session.add(AuthEvent(event=AuthEventKind.account_unlocked, username=user.username,
-                              user_id=user.id, detail=f"by {principal.username}", at=now))
-    await _audit_user(session, principal, user, action=action, old=old,
-                      new=_snapshot(user, roles), reason=reason)
+        session.add(
+            AuthEvent(
+                event=AuthEventKind.account_unlocked,
+                username=user.username,
+                user_id=user.id,
+                detail=f"by {principal.username}",
+                at=now,
+            )
+        )
+    await _audit_user(
+        session, principal, user, action=action, old=old, new=_snapshot(user, roles), reason=reason
+    )
     return user
 
 
@@ -346,7 +351,7 @@ async def _store_password(
     )
 
 
-# --- login, sessions --------------------------------------------------------------------------
+# --- login, sessions -----------------------------------------------------------------------------
 
 
 async def register_failure(
@@ -362,9 +367,16 @@ async def register_failure(
     Returns True when this failure locked the account."""
     now = ctx.clock.now()
     user.failed_attempts += 1
-    session.add(AuthEvent(event=event, username=user.username, user_id=user.id,
-                          client_ip=client_ip, at=now,
-                          detail=f"consecutive failures: {user.failed_attempts}"))
+    session.add(
+        AuthEvent(
+            event=event,
+            username=user.username,
+            user_id=user.id,
+            client_ip=client_ip,
+            at=now,
+            detail=f"consecutive failures: {user.failed_attempts}",
+        )
+    )
     locked = False
     if UserStatus(user.status) == UserStatus.active and rules.should_lock(
         user.failed_attempts, ctx.settings.lockout_threshold
@@ -376,15 +388,29 @@ async def register_failure(
         user.version += 1
         user.updated_at = now
         await _end_sessions(session, user.id, now, "account_locked")
-        session.add(AuthEvent(event=AuthEventKind.account_locked, username=user.username,
-                              user_id=user.id, client_ip=client_ip, at=now,
-                              detail=f"{user.failed_attempts} consecutive failures"))
-        await _audit_user(session, system_principal("lockout"), user, action="lock",
-                          old=old, new=_snapshot(user, roles),
-                          reason=f"AC-5: {user.failed_attempts} consecutive failed attempts")
+        session.add(
+            AuthEvent(
+                event=AuthEventKind.account_locked,
+                username=user.username,
+                user_id=user.id,
+                client_ip=client_ip,
+                at=now,
+                detail=f"{user.failed_attempts} consecutive failures",
+            )
+        )
+        await _audit_user(
+            session,
+            system_principal("lockout"),
+            user,
+            action="lock",
+            old=old,
+            new=_snapshot(user, roles),
+            reason=f"AC-5: {user.failed_attempts} consecutive failed attempts",
+        )
         # QA is alerted through the log until the notification channel exists.
-        log.warning("AC-5: account %s locked after %s failed attempts",
-                    user.username, user.failed_attempts)
+        log.warning(
+            "AC-5: account %s locked after %s failed attempts", user.username, user.failed_attempts
+        )
         locked = True
     session.add(user)
     return locked
@@ -404,27 +430,49 @@ async def login(
     ok, new_hash = await ctx.passwords.verify(password, user.password_hash if user else None)
     now = ctx.clock.now()
     if user is None:
-        session.add(AuthEvent(event=AuthEventKind.login_failed, username=username[:64],
-                              client_ip=client_ip, at=now, detail="unknown username"))
+        session.add(
+            AuthEvent(
+                event=AuthEventKind.login_failed,
+                username=username[:64],
+                client_ip=client_ip,
+                at=now,
+                detail="unknown username",
+            )
+        )
         raise NotAuthenticated("invalid username or password", persist=True)
     status = UserStatus(user.status)
     if status == UserStatus.disabled:
-        session.add(AuthEvent(event=AuthEventKind.login_failed, username=user.username,
-                              user_id=user.id, client_ip=client_ip, at=now,
-                              detail="account disabled"))
+        session.add(
+            AuthEvent(
+                event=AuthEventKind.login_failed,
+                username=user.username,
+                user_id=user.id,
+                client_ip=client_ip,
+                at=now,
+                detail="account disabled",
+            )
+        )
         raise NotAuthenticated("invalid username or password", persist=True)
     if status == UserStatus.locked:
-        session.add(AuthEvent(event=AuthEventKind.login_failed, username=user.username,
-                              user_id=user.id, client_ip=client_ip, at=now,
-                              detail="account locked"))
+        session.add(
+            AuthEvent(
+                event=AuthEventKind.login_failed,
+                username=user.username,
+                user_id=user.id,
+                client_ip=client_ip,
+                at=now,
+                detail="account locked",
+            )
+        )
         raise AccountLocked(
             "account is locked after repeated failures; an administrator must unlock it",
             rule="AC-5",
             persist=True,
         )
     if not ok:
-        locked = await register_failure(ctx, session, user, event=AuthEventKind.login_failed,
-                                        client_ip=client_ip)
+        locked = await register_failure(
+            ctx, session, user, event=AuthEventKind.login_failed, client_ip=client_ip
+        )
         if locked:
             raise AccountLocked(
                 "account locked after repeated failures; an administrator must unlock it",
@@ -446,9 +494,16 @@ async def login(
         client_ip=client_ip,
     )
     session.add(auth_session)
-    session.add(AuthEvent(event=AuthEventKind.login_succeeded, username=user.username,
-                          user_id=user.id, session_id=auth_session.id, client_ip=client_ip,
-                          at=now))
+    session.add(
+        AuthEvent(
+            event=AuthEventKind.login_succeeded,
+            username=user.username,
+            user_id=user.id,
+            session_id=auth_session.id,
+            client_ip=client_ip,
+            at=now,
+        )
+    )
     token, expires_in = ctx.tokens.issue(user.id, auth_session.id, now)
     return TokenResponse(access_token=token, expires_in=expires_in)
 
@@ -467,9 +522,7 @@ async def _end_sessions(
         session.add(live)
 
 
-async def principal_from_token(
-    ctx: AppContext, session: AsyncSession, token: str
-) -> Principal:
+async def principal_from_token(ctx: AppContext, session: AsyncSession, token: str) -> Principal:
     """Resolve a bearer token to its live session and user, or 401 (S4, AC-6)."""
     try:
         claims = ctx.tokens.decode(token)
@@ -491,13 +544,21 @@ async def principal_from_token(
             auth_session.ended_at = now
             auth_session.end_reason = reason
             session.add(auth_session)
-            session.add(AuthEvent(event=AuthEventKind.session_expired,
-                                  user_id=auth_session.user_id, session_id=auth_session.id,
-                                  at=now, detail=reason))
-            raise NotAuthenticated(f"session ended ({reason}); sign in again", rule="AC-6",
-                                   persist=True)
-        raise NotAuthenticated(f"session ended ({auth_session.end_reason}); sign in again",
-                               rule="AC-6")
+            session.add(
+                AuthEvent(
+                    event=AuthEventKind.session_expired,
+                    user_id=auth_session.user_id,
+                    session_id=auth_session.id,
+                    at=now,
+                    detail=reason,
+                )
+            )
+            raise NotAuthenticated(
+                f"session ended ({reason}); sign in again", rule="AC-6", persist=True
+            )
+        raise NotAuthenticated(
+            f"session ended ({auth_session.end_reason}); sign in again", rule="AC-6"
+        )
     user = await session.get(AppUser, claims.user_id)
     if user is None or UserStatus(user.status) != UserStatus.active:
         raise NotAuthenticated("account is not active")
@@ -515,12 +576,10 @@ async def principal_from_token(
     )
 
 
-async def refresh(
-    ctx: AppContext, session: AsyncSession, principal: Principal
-) -> TokenResponse:
-    assert principal.user_id is not None and principal.session_id is not None
-    token, expires_in = ctx.tokens.issue(principal.user_id, principal.session_id,
-                                         ctx.clock.now())
+async def refresh(ctx: AppContext, session: AsyncSession, principal: Principal) -> TokenResponse:
+    assert principal.user_id is not None
+    assert principal.session_id is not None
+    token, expires_in = ctx.tokens.issue(principal.user_id, principal.session_id, ctx.clock.now())
     return TokenResponse(access_token=token, expires_in=expires_in)
 
 
@@ -534,8 +593,15 @@ async def logout(ctx: AppContext, session: AsyncSession, principal: Principal) -
     auth_session.ended_at = now
     auth_session.end_reason = "logout"
     session.add(auth_session)
-    session.add(AuthEvent(event=AuthEventKind.logout, username=principal.username,
-                          user_id=principal.user_id, session_id=auth_session.id, at=now))
+    session.add(
+        AuthEvent(
+            event=AuthEventKind.logout,
+            username=principal.username,
+            user_id=principal.user_id,
+            session_id=auth_session.id,
+            at=now,
+        )
+    )
 
 
 async def session_remaining(
@@ -551,7 +617,7 @@ async def session_remaining(
     return max(0, int((end - ctx.clock.now()).total_seconds()))
 
 
-# --- machine keys ------------------------------------------------------------------------------
+# --- machine keys --------------------------------------------------------------------------------
 
 
 async def principal_from_api_key(
@@ -572,8 +638,14 @@ async def principal_from_api_key(
                 roles=frozenset({Role.machine}),
                 sources=tuple(key.sources),
             )
-    session.add(AuthEvent(event=AuthEventKind.api_key_rejected, client_ip=client_ip,
-                          at=ctx.clock.now(), detail=f"prefix {prefix!r}"))
+    session.add(
+        AuthEvent(
+            event=AuthEventKind.api_key_rejected,
+            client_ip=client_ip,
+            at=ctx.clock.now(),
+            detail=f"prefix {prefix!r}",
+        )
+    )
     raise NotAuthenticated("invalid or revoked API key", persist=True)
 
 

@@ -39,8 +39,9 @@ async def list_materials(
     limit: LimitQuery = 50,
 ) -> MaterialList:
     """Material definitions ordered by code."""
-    items, last = await service.list_materials(session, kind=kind,
-                                               after=decode_str_cursor(cursor), limit=limit)
+    items, last = await service.list_materials(
+        session, kind=kind, after=decode_str_cursor(cursor), limit=limit
+    )
     return MaterialList(items=items, next_cursor=encode_cursor(last) if last else None)
 
 
@@ -57,12 +58,21 @@ async def create_material(
 
     async def create() -> tuple[int, MaterialPublic, dict[str, str]]:
         m = await service.create(ctx, session, principal, body)
-        return 201, service.public(m), {"ETag": etag(m.version),
-                                        "Location": f"/api/v1/materials/{m.code}"}
+        return (
+            201,
+            service.public(m),
+            {"ETag": etag(m.version), "Location": f"/api/v1/materials/{m.code}"},
+        )
 
-    return await idempotent(request=request, session=session, principal=principal,
-                            key=idempotency_key, body=body,
-                            ttl=ctx.settings.idempotency_ttl, create=create)
+    return await idempotent(
+        request=request,
+        session=session,
+        principal=principal,
+        key=idempotency_key,
+        body=body,
+        ttl=ctx.settings.idempotency_ttl,
+        create=create,
+    )
 
 
 @router.get("/materials/{code}", response_model=MaterialPublic)
@@ -79,10 +89,10 @@ async def get_material(
 async def update_material(
     code: str,
     body: MaterialUpdate,
+    principal: Editor,
     version: VersionDep,
     ctx: ContextDep,
     session: SessionDep,
-    principal: Editor,
     response: Response,
 ) -> MaterialPublic:
     """Edit a material definition (If-Match and a reason required). Audited."""

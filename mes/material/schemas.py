@@ -25,7 +25,7 @@ def _gtin(value: str) -> str:
 
 
 Gtin = Annotated[str, StringConstraints(max_length=14), AfterValidator(_gtin)]
-Uom = Annotated[str, StringConstraints(max_length=20), AfterValidator(check_uom)]
+Uom = Annotated[str, StringConstraints(min_length=1, max_length=20), AfterValidator(check_uom)]
 
 
 class Body(BaseModel):

@@ -16,8 +16,17 @@ from mes.principal import Principal
 from mes.records import apply_update, check_version
 
 FIELDS = (
-    "code", "name", "kind", "base_uom", "shelf_life_days", "moisture_sensitive",
-    "max_exposure_min", "implant_traceable", "gtin", "description", "is_active",
+    "code",
+    "name",
+    "kind",
+    "base_uom",
+    "shelf_life_days",
+    "moisture_sensitive",
+    "max_exposure_min",
+    "implant_traceable",
+    "gtin",
+    "description",
+    "is_active",
 )
 NOT_NULL = ("name", "kind", "base_uom", "moisture_sensitive", "implant_traceable", "is_active")
 
@@ -40,11 +49,20 @@ async def get(session: AsyncSession, code: str, *, lock: bool = False) -> Materi
 
 def public(m: MaterialDefinition) -> MaterialPublic:
     return MaterialPublic(
-        code=m.code, name=m.name, kind=MaterialKind(m.kind), uom=m.base_uom,
-        shelf_life_days=m.shelf_life_days, moisture_sensitive=m.moisture_sensitive,
-        max_exposure_min=m.max_exposure_min, implant_traceable=m.implant_traceable,
-        gtin=m.gtin, description=m.description, is_active=m.is_active, version=m.version,
-        created_at=m.created_at, updated_at=m.updated_at,
+        code=m.code,
+        name=m.name,
+        kind=MaterialKind(m.kind),
+        uom=m.base_uom,
+        shelf_life_days=m.shelf_life_days,
+        moisture_sensitive=m.moisture_sensitive,
+        max_exposure_min=m.max_exposure_min,
+        implant_traceable=m.implant_traceable,
+        gtin=m.gtin,
+        description=m.description,
+        is_active=m.is_active,
+        version=m.version,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
     )
 
 
@@ -55,18 +73,23 @@ def _snapshot(m: MaterialDefinition) -> dict[str, Any]:
 async def _check_gtin_free(session: AsyncSession, gtin: str | None, code: str) -> None:
     if gtin is None:
         return
-    owner = (await session.execute(
-        select(MaterialDefinition.code).where(MaterialDefinition.gtin == gtin)
-    )).scalar_one_or_none()
+    owner = (
+        await session.execute(
+            select(MaterialDefinition.code).where(MaterialDefinition.gtin == gtin)
+        )
+    ).scalar_one_or_none()
     if owner is not None and owner != code:
-        raise AlreadyExists(f"GTIN {gtin} already identifies material {owner!r} (UDI-1)",
-                            rule="UDI-1", field="gtin")
+        raise AlreadyExists(
+            f"GTIN {gtin} already identifies material {owner!r} (UDI-1)", rule="UDI-1", field="gtin"
+        )
 
 
 def _check_exposure(moisture_sensitive: bool, max_exposure_min: int | None) -> None:
     if max_exposure_min is not None and not moisture_sensitive:
-        raise InvalidInput("max_exposure_min applies only to moisture-sensitive materials",
-                           field="max_exposure_min")
+        raise InvalidInput(
+            "max_exposure_min applies only to moisture-sensitive materials",
+            field="max_exposure_min",
+        )
 
 
 async def create(
@@ -78,15 +101,31 @@ async def create(
     _check_exposure(data.moisture_sensitive, data.max_exposure_min)
     now = ctx.clock.now()
     m = MaterialDefinition(
-        code=data.code, name=data.name, kind=data.kind, base_uom=data.uom,
-        shelf_life_days=data.shelf_life_days, moisture_sensitive=data.moisture_sensitive,
-        max_exposure_min=data.max_exposure_min, implant_traceable=data.implant_traceable,
-        gtin=data.gtin, description=data.description, created_at=now, updated_at=now,
+        code=data.code,
+        name=data.name,
+        kind=data.kind,
+        base_uom=data.uom,
+        shelf_life_days=data.shelf_life_days,
+        moisture_sensitive=data.moisture_sensitive,
+        max_exposure_min=data.max_exposure_min,
+        implant_traceable=data.implant_traceable,
+        gtin=data.gtin,
+        description=data.description,
+        created_at=now,
+        updated_at=now,
     )
     session.add(m)
     await audit.record_change(
-        session, principal, action="create", entity_type="material", entity_id=m.code,
-        entity_version=m.version, old=None, new=_snapshot(m), fields=FIELDS, reason=data.reason,
+        session,
+        principal,
+        action="create",
+        entity_type="material",
+        entity_id=m.code,
+        entity_version=m.version,
+        old=None,
+        new=_snapshot(m),
+        fields=FIELDS,
+        reason=data.reason,
     )
     return m
 
@@ -106,18 +145,30 @@ async def update(
         values["base_uom"] = values.pop("uom")
     for name in NOT_NULL:
         if name in values and values[name] is None:
-            raise InvalidInput(f"{name if name != 'base_uom' else 'uom'} cannot be null",
-                               field=name if name != "base_uom" else "uom")
+            raise InvalidInput(
+                f"{name if name != 'base_uom' else 'uom'} cannot be null",
+                field=name if name != "base_uom" else "uom",
+            )
     if "gtin" in values:
         await _check_gtin_free(session, values["gtin"], m.code)
-    _check_exposure(values.get("moisture_sensitive", m.moisture_sensitive),
-                    values.get("max_exposure_min", m.max_exposure_min))
+    _check_exposure(
+        values.get("moisture_sensitive", m.moisture_sensitive),
+        values.get("max_exposure_min", m.max_exposure_min),
+    )
     old, new = apply_update(m, values, ctx.clock.now())
     if new:
         session.add(m)
         await audit.record_change(
-            session, principal, action="update", entity_type="material", entity_id=m.code,
-            entity_version=m.version, old=old, new=new, fields=new.keys(), reason=data.reason,
+            session,
+            principal,
+            action="update",
+            entity_type="material",
+            entity_id=m.code,
+            entity_version=m.version,
+            old=old,
+            new=new,
+            fields=new.keys(),
+            reason=data.reason,
         )
     return m
 

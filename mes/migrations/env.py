@@ -2,7 +2,7 @@
 it through ``run_sync``), or on its own engine from ``sqlalchemy.url`` for the alembic CLI."""
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 from sqlmodel import SQLModel
 
 import mes.models  # noqa: F401  (registers every table on the metadata)
@@ -11,7 +11,7 @@ config = context.config
 target_metadata = SQLModel.metadata
 
 
-def _configure(connection) -> None:
+def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

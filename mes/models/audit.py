@@ -35,7 +35,9 @@ class AuditEntry(SQLModel, table=True):
     entity_type: str = Field(max_length=40, index=True)
     entity_id: str = Field(max_length=64, index=True)
     entity_version: int
-    changes: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    changes: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
     reason: str = Field(max_length=1000)
     app_version: str = Field(max_length=40)
     prev_hash: str = Field(max_length=64)

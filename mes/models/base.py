@@ -50,9 +50,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def seq_column() -> Any:
     """Monotonic integer key for append-only logs (INTEGER PRIMARY KEY on SQLite)."""
-    return Column(
-        BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True
-    )
+    return Column(BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True)
 
 
 def id_field() -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
+
 from sqlalchemy import JSON, String, UniqueConstraint
 from sqlmodel import Column, Field, SQLModel
 

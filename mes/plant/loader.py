@@ -196,15 +196,29 @@ async def apply_plant(
     for c in spec.equipment_classes:
         found = await equipment.find_class(session, c.code)
         if found is None:
-            await equipment.create_class(ctx, session, principal, EquipmentClassCreate(
-                code=c.code, name=c.name, description=c.description, reason=reason))
+            await equipment.create_class(
+                ctx,
+                session,
+                principal,
+                EquipmentClassCreate(
+                    code=c.code, name=c.name, description=c.description, reason=reason
+                ),
+            )
             report.count(report.created, "equipment_class")
             continue
-        diff = _changed({"name": found.name, "description": found.description},
-                        {"name": c.name, "description": c.description})
+        diff = _changed(
+            {"name": found.name, "description": found.description},
+            {"name": c.name, "description": c.description},
+        )
         if diff:
-            await equipment.update_class(ctx, session, principal, c.code, found.version,
-                                         EquipmentClassUpdate(reason=reason, **diff))
+            await equipment.update_class(
+                ctx,
+                session,
+                principal,
+                c.code,
+                found.version,
+                EquipmentClassUpdate(reason=reason, **diff),
+            )
             report.count(report.updated, "equipment_class")
         else:
             report.count(report.unchanged, "equipment_class")
@@ -213,15 +227,22 @@ async def apply_plant(
         found_m = await material.find(session, m.code)
         wanted = m.model_dump(exclude={"code"})
         if found_m is None:
-            await material.create(ctx, session, principal,
-                                  MaterialCreate(code=m.code, reason=reason, **wanted))
+            await material.create(
+                ctx, session, principal, MaterialCreate(code=m.code, reason=reason, **wanted)
+            )
             report.count(report.created, "material")
             continue
         current = material.public(found_m).model_dump()
         diff = _changed(current, wanted)
         if diff:
-            await material.update(ctx, session, principal, m.code, found_m.version,
-                                  MaterialUpdate(reason=reason, **diff))
+            await material.update(
+                ctx,
+                session,
+                principal,
+                m.code,
+                found_m.version,
+                MaterialUpdate(reason=reason, **diff),
+            )
             report.count(report.updated, "material")
         else:
             report.count(report.unchanged, "material")
@@ -248,19 +269,30 @@ async def _apply_node(
 ) -> None:
     found = await equipment.find(session, node.code)
     if found is None:
-        eq = await equipment.create_equipment(ctx, session, principal, EquipmentCreate(
-            code=node.code, name=node.name, level=node.level, kind=node.kind,
-            parent_code=parent.code if parent else None,
-            equipment_class=node.equipment_class, room_code=node.room,
-            asset_no=node.asset_no, status=node.status,
-            calibration_due_at=node.calibration_due_at,
-            maintenance_due_at=node.maintenance_due_at,
-            cleanroom_class=node.cleanroom_class, is_dry_room=node.is_dry_room,
-            description=node.description, reason=reason,
-        ))
+        eq = await equipment.create_equipment(
+            ctx,
+            session,
+            principal,
+            EquipmentCreate(
+                code=node.code,
+                name=node.name,
+                level=node.level,
+                kind=node.kind,
+                parent_code=parent.code if parent else None,
+                equipment_class=node.equipment_class,
+                room_code=node.room,
+                asset_no=node.asset_no,
+                status=node.status,
+                calibration_due_at=node.calibration_due_at,
+                maintenance_due_at=node.maintenance_due_at,
+                cleanroom_class=node.cleanroom_class,
+                is_dry_room=node.is_dry_room,
+                description=node.description,
+                reason=reason,
+            ),
+        )
         if node.qualified_until is not None:
-            await _import_qualification(ctx, session, principal, eq, node.qualified_until,
-                                        reason)
+            await _import_qualification(ctx, session, principal, eq, node.qualified_until, reason)
         report.count(report.created, "equipment")
         return
     current = await equipment.view(session, found)
@@ -276,17 +308,27 @@ async def _apply_node(
             f"{where}: {node.code} qualified_until not changed; use the signed QA approval"
         )
     wanted = {
-        "name": node.name, "kind": node.kind, "equipment_class": node.equipment_class,
-        "room_code": node.room, "asset_no": node.asset_no,
+        "name": node.name,
+        "kind": node.kind,
+        "equipment_class": node.equipment_class,
+        "room_code": node.room,
+        "asset_no": node.asset_no,
         "calibration_due_at": node.calibration_due_at,
         "maintenance_due_at": node.maintenance_due_at,
-        "cleanroom_class": node.cleanroom_class, "is_dry_room": node.is_dry_room,
+        "cleanroom_class": node.cleanroom_class,
+        "is_dry_room": node.is_dry_room,
         "description": node.description,
     }
     diff = _changed(current, wanted)
     if diff:
-        await equipment.update_equipment(ctx, session, principal, node.code, found.version,
-                                         EquipmentUpdate(reason=reason, **diff))
+        await equipment.update_equipment(
+            ctx,
+            session,
+            principal,
+            node.code,
+            found.version,
+            EquipmentUpdate(reason=reason, **diff),
+        )
         report.count(report.updated, "equipment")
     else:
         report.count(report.unchanged, "equipment")
@@ -306,16 +348,20 @@ async def _import_qualification(
     eq.updated_at = ctx.clock.now()
     session.add(eq)
     await audit.record_change(
-        session, principal, action="qualify_import", entity_type="equipment",
-        entity_id=eq.code, entity_version=eq.version, old=old,
-        new={"qualified_until": qualified_until}, fields=("qualified_until",),
+        session,
+        principal,
+        action="qualify_import",
+        entity_type="equipment",
+        entity_id=eq.code,
+        entity_version=eq.version,
+        old=old,
+        new={"qualified_until": qualified_until},
+        fields=("qualified_until",),
         reason=f"{reason}: qualification status imported at commissioning",
     )
 
 
-async def load_plant_file(
-    ctx: AppContext, principal: Principal, path: Path
-) -> LoadReport:
+async def load_plant_file(ctx: AppContext, principal: Principal, path: Path) -> LoadReport:
     """Validate ``path`` and apply it in one transaction (all or nothing)."""
     spec = parse_plant_file(path)
     async with ctx.db.sessionmaker() as session, session.begin():

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from mes.http import CursorQuery, LimitQuery, SessionDep, decode_str_cursor, encode_cursor
 from mes.errors import InvalidInput
+from mes.http import CursorQuery, LimitQuery, SessionDep, decode_str_cursor, encode_cursor
 from mes.identity.deps import Allow
 from mes.models import Role
 from mes.principal import Principal
@@ -37,8 +37,9 @@ async def list_signatures(
         try:
             uuid.UUID(after)
         except ValueError:
-            raise InvalidInput("cursor is not a value returned by this API",
-                               field="query.cursor") from None
+            raise InvalidInput(
+                "cursor is not a value returned by this API", field="query.cursor"
+            ) from None
     rows, last = await service.list_signatures(
         session, record_type=record_type, record_id=record_id, after=after, limit=limit
     )
@@ -49,8 +50,6 @@ async def list_signatures(
 
 
 @router.get("/signatures/{signature_id}", response_model=SignaturePublic)
-async def get_signature(
-    signature_id: uuid.UUID, session: SessionDep, _: Reader
-) -> SignaturePublic:
+async def get_signature(signature_id: uuid.UUID, session: SessionDep, _: Reader) -> SignaturePublic:
     """One signature and its verification status."""
     return await service.public(session, await service.get_signature(session, signature_id))

@@ -56,8 +56,7 @@ async def sign(
             field="signature.meaning",
         )
     if signature.username is not None and signature.username != principal.username:
-        raise Forbidden("users sign only as themselves", rule="ES-5",
-                        field="signature.username")
+        raise Forbidden("users sign only as themselves", rule="ES-5", field="signature.username")
     user = await session.get(AppUser, principal.user_id, with_for_update=True)
     if user is None or UserStatus(user.status) != UserStatus.active:
         raise AccountLocked("the signer's account is not active", rule="AC-5")
@@ -73,8 +72,13 @@ async def sign(
             entity_type=record_type,
             entity_id=record_id,
             entity_version=record_version,
-            changes=[{"field": "signature", "old": None,
-                      "new": {"meaning": signature.meaning, "outcome": "wrong password"}}],
+            changes=[
+                {
+                    "field": "signature",
+                    "old": None,
+                    "new": {"meaning": signature.meaning, "outcome": "wrong password"},
+                }
+            ],
             reason="e-signature attempt with a wrong password; nothing signed",
         )
         detail = "password not accepted; nothing was signed"
@@ -105,9 +109,19 @@ async def sign(
         entity_type=record_type,
         entity_id=record_id,
         entity_version=record_version,
-        changes=[{"field": "signature", "old": None, "new": {
-            "id": str(esig.id), "meaning": esig.meaning, "printed_name": esig.printed_name,
-            "signed_at": iso_z(now), "record_hash": esig.record_hash}}],
+        changes=[
+            {
+                "field": "signature",
+                "old": None,
+                "new": {
+                    "id": str(esig.id),
+                    "meaning": esig.meaning,
+                    "printed_name": esig.printed_name,
+                    "signed_at": iso_z(now),
+                    "record_hash": esig.record_hash,
+                },
+            }
+        ],
         reason=signature.comment or f"signed: {signature.meaning}",
     )
     return esig

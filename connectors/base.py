@@ -1,0 +1,103 @@
+"""The connector contract: what every field-protocol connector produces and implements.
+
+A connector reads one source (an OPC UA server, an MQTT topic tree) and emits
+``Observation`` values through its ``ConnectorContext``; the MES decides what to store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+
+class Quality(StrEnum):
+    """OPC UA-style quality of a value (status code class)."""
+
+    good = "good"
+    uncertain = "uncertain"
+    bad = "bad"
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One value of one tag from one source, as the source reported it.
+
+    ``source_ts`` is the device's time, ``received_ts`` the connector's; ``seq`` is the
+    source's own sequence number when it has one (used for ordering and gap detection).
+    """
+
+    source: str
+    tag: str
+    value: float | int | bool | str | None
+    quality: Quality
+    source_ts: datetime
+    received_ts: datetime
+    seq: int | None = None
+    status_code: int | None = None
+    flags: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if self.source_ts.tzinfo is None or self.received_ts.tzinfo is None:
+            raise ValueError("observation timestamps must be timezone-aware")
+        if isinstance(self.value, float) and (
+            self.value != self.value or self.value in (float("inf"), float("-inf"))
+        ):
+            raise ValueError(f"non-finite value for {self.source}/{self.tag}")
+
+
+Emit = Callable[[Observation], Awaitable[None]]
+
+
+class ClockLike(Protocol):
+    def now(self) -> datetime: ...
+
+
+@dataclass
+class ConnectorContext:
+    """What the host hands a connector: its name and config, a sink, a logger and a clock."""
+
+    name: str
+    config: BaseModel
+    emit: Emit
+    logger: logging.Logger
+    clock: ClockLike
+
+
+@runtime_checkable
+class Connector(Protocol):
+    """A field-protocol connector. ``run`` returns only when cancelled or on a fatal error;
+    transient failures raise ``ConnectorNotReady`` and the host retries with backoff."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+
+    async def run(self, ctx: ConnectorContext) -> None: ...
+
+
+@runtime_checkable
+class WritableConnector(Connector, Protocol):
+    """A connector that can also write a value back (setpoint download)."""
+
+    async def write(self, tag: str, value: Any) -> None: ...
+
+
+class ConnectorError(Exception):
+    """Base of connector errors."""
+
+
+class ConnectorNotReady(ConnectorError):
+    """Transient: the source is unreachable or not ready; retry with backoff."""
+
+
+class ConnectorConfigError(ConnectorError):
+    """Fatal for this connector: its configuration is invalid (names the YAML path)."""
+
+
+class ConnectorAuthError(ConnectorError):
+    """Fatal for this connector until reconfigured: credentials or certificate refused."""
