@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 import mes
 from mes.api import build_api_router
 from mes.context import AppContext
-from mes.http import BodySizeLimit, install_error_handlers
+from mes.http import RequestGuard, install_error_handlers
 from mes.identity.deps import check_route_permissions
 from mes.migrate import upgrade
 from mes.openapi import install_openapi
@@ -74,5 +74,5 @@ def create_app(
         allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],
         expose_headers=["ETag", "Location", "Idempotent-Replayed"],
     )
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
     return app

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Annotated, Protocol
+
+from pydantic import AfterValidator, AwareDatetime
 
 
 class Clock(Protocol):
@@ -34,3 +36,7 @@ def as_utc(value: datetime) -> datetime:
 def iso_z(value: datetime) -> str:
     """Canonical text of a timestamp: UTC, microseconds, ``Z`` suffix."""
     return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+UtcDateTime = Annotated[AwareDatetime, AfterValidator(as_utc)]
+"""A timezone-aware datetime taken in and handed back in UTC (TM-1)."""

@@ -177,7 +177,7 @@ def required_version(
         str | None,
         Header(
             alias="If-Match",
-            description='Required: the version the update is based on, as returned in ETag '
+            description="Required: the version the update is based on, as returned in ETag "
             '(`"3"`). Missing: 428; stale: 412.',
             pattern=IF_MATCH_PATTERN,
         ),
@@ -195,8 +195,7 @@ def required_version(
 def optional_version(
     if_match: Annotated[
         str | None,
-        Header(alias="If-Match", description="Optional version guard.",
-               pattern=IF_MATCH_PATTERN),
+        Header(alias="If-Match", description="Optional version guard.", pattern=IF_MATCH_PATTERN),
     ] = None,
 ) -> int | None:
     return parse_if_match(if_match) if if_match is not None else None
@@ -225,8 +224,9 @@ OptionalVersionDep = Annotated[int | None, Depends(optional_version)]
 LimitQuery = Annotated[int, Query(ge=1, le=500, description="Page size (1-500).")]
 CursorQuery = Annotated[
     str | None,
-    Query(max_length=500, pattern=r"^[A-Za-z0-9_-]+$",
-          description="Opaque cursor from `next_cursor`."),
+    Query(
+        max_length=500, pattern=r"^[A-Za-z0-9_-]+$", description="Opaque cursor from `next_cursor`."
+    ),
 ]
 
 
@@ -330,7 +330,7 @@ async def idempotent(
         return JSONResponse(
             found.response_body,
             status_code=found.status_code,
-            headers={"Idempotent-Replayed": "true"},
+            headers={**(found.response_headers or {}), "Idempotent-Replayed": "true"},
         )
 
     found = await _existing()
@@ -360,6 +360,7 @@ async def idempotent(
     status, payload, headers = await create()
     record.status_code = status
     record.response_body = jsonable_encoder(payload)
+    record.response_headers = dict(headers)
     await session.flush()
     return JSONResponse(record.response_body, status_code=status, headers=headers)
 
@@ -367,8 +368,9 @@ async def idempotent(
 # --- request body cap ----------------------------------------------------------------------------
 
 
-class BodySizeLimit:
-    """Refuse request bodies above ``max_bytes`` with 413 (API4), before they are buffered."""
+class RequestGuard:
+    """Refuse request bodies above ``max_bytes`` with 413 (API4), before they are buffered,
+    and paths or query strings carrying NUL characters with 422."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -377,6 +379,10 @@ class BodySizeLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
+            await _send_problem(send, 422, "Invalid request",
+                                "path and query must not contain NUL characters")
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -412,25 +418,30 @@ class BodySizeLimit:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "type": "https://mes.example/problems/payload-too-large",
-                "title": "Payload too large",
-                "status": 413,
-                "detail": f"request body exceeds {self.max_bytes} bytes",
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", PROBLEM_JSON.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _send_problem(send, 413, "Payload too large",
+                            f"request body exceeds {self.max_bytes} bytes")
+
+
+async def _send_problem(send: Send, status: int, title: str, detail: str) -> None:
+    body = json.dumps(
+        {
+            "type": f"https://mes.example/problems/{title.lower().replace(' ', '-')}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_JSON.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class _BodyTooLarge(Exception):

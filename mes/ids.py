@@ -33,3 +33,11 @@ def uuid7() -> uuid.UUID:
         value |= 0b10 << 62
         value |= rand_b
     return uuid.UUID(int=value)
+
+
+def parse_uuid(value: str) -> uuid.UUID | None:
+    """``value`` as a UUID when it is one (API paths accept ids as well as business keys)."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

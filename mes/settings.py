@@ -6,6 +6,7 @@ Secrets (the JWT signing key) come only from the environment or a secret file, n
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -80,6 +81,15 @@ class MesSettings(BaseSettings):
     jwt_audience: str = "mes-api"
     access_token_ttl: timedelta = timedelta(minutes=15)
     session_idle_timeout: timedelta = timedelta(minutes=10)
+    # Shorter on high-value screens, longer on gloved-hand tablets (RELIABILITY 3.3); a user
+    # with several roles gets the shortest. Roles not listed use session_idle_timeout.
+    session_idle_timeout_by_role: dict[str, timedelta] = Field(
+        default_factory=lambda: {
+            "operator": timedelta(minutes=15),
+            "qa": timedelta(minutes=5),
+            "admin": timedelta(minutes=5),
+        }
+    )
     session_absolute_timeout: timedelta = timedelta(hours=12)
     lockout_threshold: int = Field(default=5, ge=1, le=20)
     password_min_length: int = Field(default=12, ge=8, le=128)
@@ -94,6 +104,13 @@ class MesSettings(BaseSettings):
         if value == "test-cheap" and info.data.get("env") == "production":
             raise ValueError("test-cheap password hashing is refused in production")
         return value
+
+    def idle_timeout_for(self, roles: Iterable[str]) -> timedelta:
+        """AC-6: the idle timeout of a session held by someone with ``roles``."""
+        timeouts = [
+            self.session_idle_timeout_by_role.get(str(r), self.session_idle_timeout) for r in roles
+        ]
+        return min(timeouts, default=self.session_idle_timeout)
 
     @property
     def is_sqlite(self) -> bool:

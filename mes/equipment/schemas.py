@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, StringConstraints
+from pydantic import AfterValidator, BaseModel, StringConstraints
 
+from mes.clock import UtcDateTime
 from mes.models import EquipmentKind, EquipmentLevel, EquipmentStatus
+from mes.schemas import InputModel
 from mes.signature.schemas import SignatureInput, SignaturePublic
 
 Code = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_.-]{0,39}$")]
@@ -26,8 +28,8 @@ def _cleanroom(value: str | None) -> str | None:
 CleanroomClass = Annotated[str | None, AfterValidator(_cleanroom)]
 
 
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Body(InputModel):
+    """Request body: unknown fields and NUL characters refused."""
 
 
 class EquipmentClassCreate(Body):
@@ -67,8 +69,8 @@ class EquipmentCreate(Body):
     room_code: Code | None = None
     asset_no: AssetNo | None = None
     status: EquipmentStatus | None = None
-    calibration_due_at: AwareDatetime | None = None
-    maintenance_due_at: AwareDatetime | None = None
+    calibration_due_at: UtcDateTime | None = None
+    maintenance_due_at: UtcDateTime | None = None
     cleanroom_class: CleanroomClass = None
     is_dry_room: bool = False
     description: Text | None = None
@@ -84,8 +86,8 @@ class EquipmentUpdate(Body):
     equipment_class: Code | None = None
     room_code: Code | None = None
     asset_no: AssetNo | None = None
-    calibration_due_at: AwareDatetime | None = None
-    maintenance_due_at: AwareDatetime | None = None
+    calibration_due_at: UtcDateTime | None = None
+    maintenance_due_at: UtcDateTime | None = None
     cleanroom_class: CleanroomClass = None
     is_dry_room: bool | None = None
     description: Text | None = None
@@ -131,7 +133,7 @@ class StatusChange(Body):
 class QualificationApproval(Body):
     """QA approval of an equipment qualification (IQ/OQ/PQ) with an e-signature."""
 
-    qualified_until: AwareDatetime
+    qualified_until: UtcDateTime
     reason: Reason = "qualification approved"
     signature: SignatureInput
 

@@ -27,6 +27,7 @@ from mes.equipment.schemas import (
     QualificationApproval,
 )
 from mes.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound
+from mes.ids import parse_uuid
 from mes.models import (
     Equipment,
     EquipmentClass,
@@ -65,16 +66,9 @@ CLASS_FIELDS = ("code", "name", "description")
 # --- lookups -------------------------------------------------------------------------------------
 
 
-def _as_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
-
-
 async def find(session: AsyncSession, code: str, *, lock: bool = False) -> Equipment | None:
     """By business code, or by id (API.md: ids are also accepted)."""
-    ident = _as_uuid(code)
+    ident = parse_uuid(code)
     where = Equipment.id == ident if ident is not None else Equipment.code == code
     stmt = select(Equipment).where(where)
     if lock:
@@ -206,8 +200,9 @@ async def list_equipment(
     if parent_code is not None:
         parent = await find(session, parent_code)
         if parent is None:
-            raise InvalidInput(f"parent_code {parent_code!r} is not in the plant model",
-                               field="query.parent_code")
+            raise InvalidInput(
+                f"parent_code {parent_code!r} is not in the plant model", field="query.parent_code"
+            )
         stmt = stmt.where(Equipment.parent_id == parent.id)
     if site_code is not None:
         site = await find(session, site_code)
@@ -392,6 +387,12 @@ async def create_equipment(
     class_id = await _resolve_class(session, data.equipment_class)
     room_id = await _resolve_room(session, data.room_code, site_id)
     status = data.status
+    if status == EquipmentStatus.running:
+        raise InvalidInput(
+            "a new unit cannot start as running; running comes from an operation start or "
+            "from telemetry",
+            field="status",
+        )
     if data.level == EquipmentLevel.unit and status is None:
         status = EquipmentStatus.idle
     _check_level_fields(
@@ -549,6 +550,7 @@ async def approve_qualification(
         record_type="equipment",
         record_id=eq.code,
         record_version=eq.version + 1,
+        current_version=eq.version,
         content=after,
         signature=data.signature,
         allowed_meanings=frozenset({SignatureMeaning.approved}),

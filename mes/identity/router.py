@@ -65,6 +65,9 @@ async def issue_token(
 
     Five consecutive failures lock the account (AC-5); the session ends after
     10 minutes without activity (AC-6)."""
+    for field, value in (("username", username), ("password", password)):
+        if "\x00" in value:
+            raise InvalidInput(f"{field} must not contain NUL characters", field=field)
     return await service.login(
         ctx, session, username, password, terminal=terminal, client_ip=client_ip(request)
     )

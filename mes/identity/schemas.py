@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from mes.identity.rules import USERNAME_PATTERN
 from mes.models import Role, UserStatus
+from mes.schemas import InputModel
 
 Username = Annotated[str, StringConstraints(pattern=USERNAME_PATTERN, max_length=64)]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
@@ -16,8 +17,8 @@ Password = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 SourceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Body(InputModel):
+    """Request body: unknown fields and NUL characters refused."""
 
 
 class TokenResponse(BaseModel):

@@ -16,6 +16,7 @@ from sqlmodel import col, delete, select
 
 from mes.audit import service as audit
 from mes.audit.rules import field_changes
+from mes.clock import utc_now
 from mes.context import AppContext
 from mes.errors import (
     AccountLocked,
@@ -303,6 +304,8 @@ async def reset_password(
     check_version(user, expected_version, f"user {username!r}")
     _check_password(ctx, new_password, username, "new_password")
     await _store_password(ctx, session, principal, user, new_password, reason)
+    if principal.user_id != user.id:
+        await _end_sessions(session, user.id, ctx.clock.now(), "password_reset")
     return user
 
 
@@ -320,7 +323,11 @@ async def change_own_password(
         raise NotAuthenticated()
     ok, _ = await ctx.passwords.verify(current_password, user.password_hash)
     if not ok:
-        raise InvalidInput("current_password is not correct", field="current_password")
+        # A wrong current password is a password guess like a failed login (AC-5).
+        await register_failure(ctx, session, user, event=AuthEventKind.login_failed, client_ip=None)
+        raise InvalidInput(
+            "current_password is not correct", field="current_password", persist=True
+        )
     _check_password(ctx, new_password, user.username, "new_password")
     await _store_password(ctx, session, principal, user, new_password, "password changed by user")
 
@@ -504,7 +511,8 @@ async def login(
             at=now,
         )
     )
-    token, expires_in = ctx.tokens.issue(user.id, auth_session.id, now)
+    # Token times follow the wall clock that PyJWT validates them against.
+    token, expires_in = ctx.tokens.issue(user.id, auth_session.id, utc_now())
     return TokenResponse(access_token=token, expires_in=expires_in)
 
 
@@ -532,12 +540,13 @@ async def principal_from_token(ctx: AppContext, session: AsyncSession, token: st
     if auth_session is None or auth_session.user_id != claims.user_id:
         raise NotAuthenticated("session not found")
     now = ctx.clock.now()
+    roles = await roles_of(session, claims.user_id)
     reason = rules.session_end_reason(
         now=now,
         last_activity_at=auth_session.last_activity_at,
         expires_at=auth_session.expires_at,
         ended_at=auth_session.ended_at,
-        idle_timeout=ctx.settings.session_idle_timeout,
+        idle_timeout=ctx.settings.idle_timeout_for(roles),
     )
     if reason is not None:
         if auth_session.ended_at is None:
@@ -569,7 +578,7 @@ async def principal_from_token(ctx: AppContext, session: AsyncSession, token: st
         kind=PrincipalKind.user,
         username=user.username,
         full_name=user.full_name,
-        roles=frozenset(await roles_of(session, user.id)),
+        roles=frozenset(roles),
         user_id=user.id,
         session_id=auth_session.id,
         terminal=auth_session.terminal,
@@ -579,7 +588,7 @@ async def principal_from_token(ctx: AppContext, session: AsyncSession, token: st
 async def refresh(ctx: AppContext, session: AsyncSession, principal: Principal) -> TokenResponse:
     assert principal.user_id is not None
     assert principal.session_id is not None
-    token, expires_in = ctx.tokens.issue(principal.user_id, principal.session_id, ctx.clock.now())
+    token, expires_in = ctx.tokens.issue(principal.user_id, principal.session_id, utc_now())
     return TokenResponse(access_token=token, expires_in=expires_in)
 
 
@@ -612,7 +621,7 @@ async def session_remaining(
     auth_session = await session.get(AuthSession, principal.session_id)
     if auth_session is None:
         return None
-    idle_end = auth_session.last_activity_at + ctx.settings.session_idle_timeout
+    idle_end = auth_session.last_activity_at + ctx.settings.idle_timeout_for(principal.roles)
     end = min(idle_end, auth_session.expires_at)
     return max(0, int((end - ctx.clock.now()).total_seconds()))
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from mes.material.rules import gtin_problem
 from mes.models import MaterialKind
+from mes.schemas import InputModel
 from mes.units import check_uom
 
 Code = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9][A-Z0-9_.-]{0,39}$")]
@@ -28,8 +29,8 @@ Gtin = Annotated[str, StringConstraints(max_length=14), AfterValidator(_gtin)]
 Uom = Annotated[str, StringConstraints(min_length=1, max_length=20), AfterValidator(check_uom)]
 
 
-class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Body(InputModel):
+    """Request body: unknown fields and NUL characters refused."""
 
 
 class MaterialCreate(Body):

@@ -10,6 +10,7 @@ from sqlmodel import col, select
 from mes.audit import service as audit
 from mes.context import AppContext
 from mes.errors import AlreadyExists, InvalidInput, NotFound
+from mes.ids import parse_uuid
 from mes.material.schemas import MaterialCreate, MaterialPublic, MaterialUpdate
 from mes.models import MaterialDefinition, MaterialKind
 from mes.principal import Principal
@@ -34,7 +35,10 @@ NOT_NULL = ("name", "kind", "base_uom", "moisture_sensitive", "implant_traceable
 async def find(
     session: AsyncSession, code: str, *, lock: bool = False
 ) -> MaterialDefinition | None:
-    stmt = select(MaterialDefinition).where(MaterialDefinition.code == code)
+    """By business code, or by id (API.md: ids are also accepted)."""
+    ident = parse_uuid(code)
+    where = MaterialDefinition.id == ident if ident is not None else MaterialDefinition.code == code
+    stmt = select(MaterialDefinition).where(where)
     if lock:
         stmt = stmt.with_for_update()
     return (await session.execute(stmt)).scalar_one_or_none()

@@ -87,4 +87,5 @@ class IdempotencyRecord(SQLModel, table=True):
     fingerprint: str = Field(max_length=64)
     status_code: int
     response_body: Any = Field(default=None, sa_column=Column(JSON))
+    response_headers: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON))
     created_at: datetime = utc_field(default_factory=utc_now)

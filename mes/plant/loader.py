@@ -8,16 +8,19 @@ signed QA approval through the API.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mes.audit import service as audit
+from mes.clock import UtcDateTime
 from mes.context import AppContext
 from mes.equipment import service as equipment
 from mes.equipment.schemas import (
@@ -31,6 +34,7 @@ from mes.equipment.schemas import (
     Name,
     Text,
 )
+from mes.errors import MesError
 from mes.material import service as material
 from mes.material.schemas import Gtin, MaterialCreate, MaterialUpdate, Uom
 from mes.models import (
@@ -40,6 +44,7 @@ from mes.models import (
     MaterialKind,
 )
 from mes.principal import Principal
+from mes.schemas import InputModel
 
 
 class PlantFileError(ValueError):
@@ -51,8 +56,8 @@ class PlantFileError(ValueError):
         self.problems = problems
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(InputModel):
+    """Request body: unknown fields and NUL characters refused."""
 
 
 class ClassSpec(_Strict):
@@ -68,7 +73,7 @@ class MaterialSpec(_Strict):
     uom: Uom
     shelf_life_days: int | None = Field(default=None, ge=0, le=36500)
     moisture_sensitive: bool = False
-    max_exposure_min: int | None = Field(default=None, ge=0)
+    max_exposure_min: int | None = Field(default=None, ge=0, le=100000)
     implant_traceable: bool = False
     gtin: Gtin | None = None
     description: Text | None = None
@@ -84,9 +89,9 @@ class NodeSpec(_Strict):
     asset_no: AssetNo | None = None
     room: Code | None = None
     status: EquipmentStatus | None = None
-    calibration_due_at: AwareDatetime | None = None
-    maintenance_due_at: AwareDatetime | None = None
-    qualified_until: AwareDatetime | None = None
+    calibration_due_at: UtcDateTime | None = None
+    maintenance_due_at: UtcDateTime | None = None
+    qualified_until: UtcDateTime | None = None
     cleanroom_class: CleanroomClass = None
     is_dry_room: bool = False
     children: list[NodeSpec] = Field(default_factory=list)
@@ -187,74 +192,112 @@ async def apply_plant(
     principal: Principal,
     spec: PlantSpec,
     *,
-    source: str,
+    path: Path,
 ) -> LoadReport:
-    """Create or update every record of ``spec`` in the caller's transaction."""
+    """Create or update every record of ``spec`` in the caller's transaction; a refused
+    record raises PlantFileError naming its YAML path."""
     report = LoadReport()
-    reason = f"plant model loaded from {source}"
+    reason = f"plant model loaded from {path.name}"
 
-    for c in spec.equipment_classes:
-        found = await equipment.find_class(session, c.code)
-        if found is None:
-            await equipment.create_class(
-                ctx,
-                session,
-                principal,
-                EquipmentClassCreate(
-                    code=c.code, name=c.name, description=c.description, reason=reason
-                ),
-            )
-            report.count(report.created, "equipment_class")
-            continue
-        diff = _changed(
-            {"name": found.name, "description": found.description},
-            {"name": c.name, "description": c.description},
-        )
-        if diff:
-            await equipment.update_class(
-                ctx,
-                session,
-                principal,
-                c.code,
-                found.version,
-                EquipmentClassUpdate(reason=reason, **diff),
-            )
-            report.count(report.updated, "equipment_class")
-        else:
-            report.count(report.unchanged, "equipment_class")
-
-    for m in spec.materials:
-        found_m = await material.find(session, m.code)
-        wanted = m.model_dump(exclude={"code"})
-        if found_m is None:
-            await material.create(
-                ctx, session, principal, MaterialCreate(code=m.code, reason=reason, **wanted)
-            )
-            report.count(report.created, "material")
-            continue
-        current = material.public(found_m).model_dump()
-        diff = _changed(current, wanted)
-        if diff:
-            await material.update(
-                ctx,
-                session,
-                principal,
-                m.code,
-                found_m.version,
-                MaterialUpdate(reason=reason, **diff),
-            )
-            report.count(report.updated, "material")
-        else:
-            report.count(report.unchanged, "material")
-
+    for i, c in enumerate(spec.equipment_classes):
+        async with _located(path, f"equipment_classes[{i}]"):
+            await _apply_class(ctx, session, principal, c, reason, report)
+    for i, m in enumerate(spec.materials):
+        async with _located(path, f"materials[{i}]"):
+            await _apply_material(ctx, session, principal, m, reason, report)
     nodes = _walk(spec.equipment, "equipment")
     # Rooms and work centers before units, so that a unit can name a room of another area.
     ordered = [n for n in nodes if n[1].level != EquipmentLevel.unit] + [
         n for n in nodes if n[1].level == EquipmentLevel.unit
     ]
     for where, node, parent in ordered:
-        await _apply_node(ctx, session, principal, node, parent, where, reason, report)
+        async with _located(path, where):
+            await _apply_node(ctx, session, principal, node, parent, where, reason, report)
     return report
+
+
+@asynccontextmanager
+async def _located(path: Path, where: str) -> AsyncIterator[None]:
+    """Turn a refusal while applying one record into a PlantFileError naming its YAML path."""
+    try:
+        yield
+    except MesError as exc:
+        field = f".{exc.field}" if exc.field else ""
+        raise PlantFileError(path, [f"{where}{field}: {exc.detail}"]) from exc
+    except ValidationError as exc:
+        raise PlantFileError(
+            path, [f"{where}.{_yaml_path(tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        ) from exc
+
+
+async def _apply_class(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    c: ClassSpec,
+    reason: str,
+    report: LoadReport,
+) -> None:
+    found = await equipment.find_class(session, c.code)
+    if found is None:
+        await equipment.create_class(
+            ctx,
+            session,
+            principal,
+            EquipmentClassCreate(
+                code=c.code, name=c.name, description=c.description, reason=reason
+            ),
+        )
+        report.count(report.created, "equipment_class")
+        return
+    diff = _changed(
+        {"name": found.name, "description": found.description},
+        {"name": c.name, "description": c.description},
+    )
+    if diff:
+        await equipment.update_class(
+            ctx,
+            session,
+            principal,
+            c.code,
+            found.version,
+            EquipmentClassUpdate(reason=reason, **diff),
+        )
+        report.count(report.updated, "equipment_class")
+    else:
+        report.count(report.unchanged, "equipment_class")
+
+
+async def _apply_material(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    m: MaterialSpec,
+    reason: str,
+    report: LoadReport,
+) -> None:
+    found_m = await material.find(session, m.code)
+    wanted = m.model_dump(exclude={"code"})
+    if found_m is None:
+        await material.create(
+            ctx, session, principal, MaterialCreate(code=m.code, reason=reason, **wanted)
+        )
+        report.count(report.created, "material")
+        return
+    current = material.public(found_m).model_dump()
+    diff = _changed(current, wanted)
+    if diff:
+        await material.update(
+            ctx,
+            session,
+            principal,
+            m.code,
+            found_m.version,
+            MaterialUpdate(reason=reason, **diff),
+        )
+        report.count(report.updated, "material")
+    else:
+        report.count(report.unchanged, "material")
 
 
 async def _apply_node(
@@ -365,4 +408,4 @@ async def load_plant_file(ctx: AppContext, principal: Principal, path: Path) -> 
     """Validate ``path`` and apply it in one transaction (all or nothing)."""
     spec = parse_plant_file(path)
     async with ctx.db.sessionmaker() as session, session.begin():
-        return await apply_plant(ctx, session, principal, spec, source=path.name)
+        return await apply_plant(ctx, session, principal, spec, path=path)

@@ -6,18 +6,17 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, StringConstraints
 
 from mes.models import SignatureMeaning
+from mes.schemas import InputModel
 
 
-class SignatureInput(BaseModel):
+class SignatureInput(InputModel):
     """What a signer supplies: the password again (ES-4), the meaning, an optional comment.
 
     ``username``, when given, must be the signer's own (ES-5: users sign only as themselves).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     meaning: SignatureMeaning

@@ -45,8 +45,13 @@ async def sign(
     content: Mapping[str, Any],
     signature: SignatureInput,
     allowed_meanings: frozenset[SignatureMeaning],
+    current_version: int | None = None,
 ) -> ESignature:
-    """Execute one e-signature on a record version; call before mutating anything else."""
+    """Execute one e-signature on a record version; call before mutating anything else.
+
+    ``record_version``/``content`` are what is signed (the version the signed action
+    produces); ``current_version`` is the record's stored version, named in the audit entry
+    of a failed attempt (defaults to ``record_version``)."""
     if principal.kind != PrincipalKind.user or principal.user_id is None:
         raise Forbidden("only a person can sign", rule="ES-5")
     if signature.meaning not in allowed_meanings:
@@ -71,7 +76,7 @@ async def sign(
             action="sign_failed",
             entity_type=record_type,
             entity_id=record_id,
-            entity_version=record_version,
+            entity_version=current_version if current_version is not None else record_version,
             changes=[
                 {
                     "field": "signature",

@@ -261,3 +261,21 @@ async def test_lost_update_is_prevented(
     assert codes.count(412) == 5
     final = await client.get(url, headers=actors["qa"])
     assert final.json()["version"] == 2
+
+
+async def test_nul_characters_are_refused_everywhere(
+    client: httpx.AsyncClient, actors: Actors
+) -> None:
+    """PostgreSQL cannot store NUL: body, path, query and login form refuse it with 422."""
+    body = await client.post(
+        "/api/v1/equipment-classes", json=_class("NUL", "bad\u0000name"), headers=actors["admin"]
+    )
+    assert body.status_code == 422
+    assert body.json()["errors"][0]["field"] == "name"
+    path = await client.get("/api/v1/equipment/R%00-1", headers=actors["qa"])
+    assert path.status_code == 422
+    query = await client.get("/api/v1/audit", params={"entity_id": "a\x00b"}, headers=actors["qa"])
+    assert query.status_code == 422
+    login = await client.post("/api/v1/auth/token", data={"username": "qa\x00", "password": "x"})
+    assert login.status_code == 422
+    assert login.json()["field"] == "username"
