@@ -381,8 +381,9 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         if "\x00" in scope.get("path", "") or b"%00" in scope.get("query_string", b""):
-            await _send_problem(send, 422, "Invalid request",
-                                "path and query must not contain NUL characters")
+            await _send_problem(
+                send, 422, "Invalid request", "path and query must not contain NUL characters"
+            )
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -418,8 +419,9 @@ class RequestGuard:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        await _send_problem(send, 413, "Payload too large",
-                            f"request body exceeds {self.max_bytes} bytes")
+        await _send_problem(
+            send, 413, "Payload too large", f"request body exceeds {self.max_bytes} bytes"
+        )
 
 
 async def _send_problem(send: Send, status: int, title: str, detail: str) -> None:

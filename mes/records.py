@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel.sql.expression import SelectOfScalar
 
 from mes.errors import StaleVersion
 from mes.models import VersionedRecord
+
+T = TypeVar("T")
 
 
 def check_version(record: VersionedRecord, expected: int | None, label: str) -> None:
@@ -37,6 +42,19 @@ def apply_update(
             new[name] = value
             setattr(record, name, value)
     if new:
-        record.version += 1
-        record.updated_at = now
+        bump_version(record, now)
     return old, new
+
+
+def bump_version(record: VersionedRecord, now: datetime) -> None:
+    """Mark a record as changed: next version, new ``updated_at``."""
+    record.version += 1
+    record.updated_at = now
+
+
+async def fetch_page(
+    session: AsyncSession, stmt: SelectOfScalar[T], limit: int
+) -> tuple[list[T], bool]:
+    """One page of an ordered keyset query: (rows, whether more rows follow)."""
+    rows = list((await session.execute(stmt.limit(limit + 1))).scalars())
+    return rows[:limit], len(rows) > limit

@@ -21,6 +21,7 @@ from mes.clock import utc_now
 from mes.errors import InvalidInput
 from mes.models import AuditEntry
 from mes.principal import Principal
+from mes.records import fetch_page
 
 CHAIN_LOCK_ID = 0x4D455341  # "MESA": pg_advisory_xact_lock key of the audit chain
 VERIFY_CHUNK = 2000
@@ -187,7 +188,7 @@ async def list_entries(
     limit: int,
 ) -> tuple[list[AuditEntry], int | None]:
     """Entries in chain order, filtered; the cursor is the last ``seq`` returned."""
-    stmt = select(AuditEntry).order_by(col(AuditEntry.seq)).limit(limit + 1)
+    stmt = select(AuditEntry).order_by(col(AuditEntry.seq))
     if entity_type is not None:
         stmt = stmt.where(AuditEntry.entity_type == entity_type)
     if entity_id is not None:
@@ -196,7 +197,5 @@ async def list_entries(
         stmt = stmt.where(AuditEntry.username == username)
     if after is not None:
         stmt = stmt.where(col(AuditEntry.seq) > after)
-    rows = list((await session.execute(stmt)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await fetch_page(session, stmt, limit)
     return rows, (rows[-1].seq if more else None)

@@ -38,7 +38,7 @@ from mes.models import (
     SignatureMeaning,
 )
 from mes.principal import Principal
-from mes.records import apply_update, check_version
+from mes.records import apply_update, bump_version, check_version, fetch_page
 from mes.signature import service as signatures
 
 EQUIPMENT_FIELDS = (
@@ -192,7 +192,7 @@ async def list_equipment(
     after: str | None,
     limit: int,
 ) -> tuple[list[EquipmentPublic], str | None]:
-    stmt = select(Equipment).order_by(col(Equipment.code)).limit(limit + 1)
+    stmt = select(Equipment).order_by(col(Equipment.code))
     if level is not None:
         stmt = stmt.where(Equipment.level == level)
     if status is not None:
@@ -211,9 +211,7 @@ async def list_equipment(
         stmt = stmt.where(Equipment.site_id == site.id)
     if after is not None:
         stmt = stmt.where(col(Equipment.code) > after)
-    rows = list((await session.execute(stmt)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await fetch_page(session, stmt, limit)
     codes = await _codes(session, [i for r in rows for i in (r.parent_id, r.site_id, r.room_id)])
     class_codes = await _class_codes(session, [r.equipment_class_id for r in rows])
     items = [_public(r, _view(r, codes, class_codes), now) for r in rows]
@@ -293,12 +291,10 @@ async def update_class(
 async def list_classes(
     session: AsyncSession, *, after: str | None, limit: int
 ) -> tuple[list[EquipmentClassPublic], str | None]:
-    stmt = select(EquipmentClass).order_by(col(EquipmentClass.code)).limit(limit + 1)
+    stmt = select(EquipmentClass).order_by(col(EquipmentClass.code))
     if after is not None:
         stmt = stmt.where(col(EquipmentClass.code) > after)
-    rows = list((await session.execute(stmt)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await fetch_page(session, stmt, limit)
     return [class_public(r) for r in rows], (rows[-1].code if more else None)
 
 
@@ -557,8 +553,7 @@ async def approve_qualification(
     )
     _, new = apply_update(eq, {"qualified_until": data.qualified_until}, now)
     if not new:  # same date re-approved: still a new, signed version
-        eq.version += 1
-        eq.updated_at = now
+        bump_version(eq, now)
     session.add(eq)
     await audit.record_change(
         session,

@@ -49,7 +49,7 @@ from mes.models import (
     UserStatus,
 )
 from mes.principal import Principal, PrincipalKind, system_principal
-from mes.records import check_version
+from mes.records import bump_version, check_version, fetch_page
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,12 @@ async def user_public(session: AsyncSession, user: AppUser) -> UserPublic:
 async def list_users(
     session: AsyncSession, *, after: str | None, limit: int, status: UserStatus | None
 ) -> tuple[list[UserPublic], str | None]:
-    stmt = select(AppUser).order_by(col(AppUser.username)).limit(limit + 1)
+    stmt = select(AppUser).order_by(col(AppUser.username))
     if after is not None:
         stmt = stmt.where(col(AppUser.username) > after)
     if status is not None:
         stmt = stmt.where(AppUser.status == status)
-    users = list((await session.execute(stmt)).scalars())
-    more = len(users) > limit
-    users = users[:limit]
+    users, more = await fetch_page(session, stmt, limit)
     items = [await user_public(session, u) for u in users]
     return items, (users[-1].username if more else None)
 
@@ -228,8 +226,7 @@ async def update_user(
     now = ctx.clock.now()
     if new_roles != current_roles:
         await _set_roles(session, user, new_roles, now)
-    user.version += 1
-    user.updated_at = now
+    bump_version(user, now)
     session.add(user)
     await _audit_user(
         session, principal, user, action="update", old=old, new=new, reason=data.reason
@@ -270,8 +267,7 @@ async def change_status(
     user.status = target
     user.failed_attempts = 0
     user.locked_at = None
-    user.version += 1
-    user.updated_at = now
+    bump_version(user, now)
     session.add(user)
     if action == "disable":
         await _end_sessions(session, user.id, now, "account_disabled")
@@ -343,8 +339,7 @@ async def _store_password(
     now = ctx.clock.now()
     user.password_hash = await ctx.passwords.hash(new_password)
     user.password_changed_at = now
-    user.version += 1
-    user.updated_at = now
+    bump_version(user, now)
     session.add(user)
     await audit.record(
         session,
@@ -392,8 +387,7 @@ async def register_failure(
         old = _snapshot(user, roles)
         user.status = UserStatus.locked
         user.locked_at = now
-        user.version += 1
-        user.updated_at = now
+        bump_version(user, now)
         await _end_sessions(session, user.id, now, "account_locked")
         session.add(
             AuthEvent(
@@ -717,12 +711,10 @@ async def get_api_key(session: AsyncSession, name: str, *, lock: bool = False) -
 async def list_api_keys(
     session: AsyncSession, *, after: str | None, limit: int
 ) -> tuple[list[ApiKeyPublic], str | None]:
-    stmt = select(ApiKey).order_by(col(ApiKey.name)).limit(limit + 1)
+    stmt = select(ApiKey).order_by(col(ApiKey.name))
     if after is not None:
         stmt = stmt.where(col(ApiKey.name) > after)
-    keys = list((await session.execute(stmt)).scalars())
-    more = len(keys) > limit
-    keys = keys[:limit]
+    keys, more = await fetch_page(session, stmt, limit)
     return [api_key_public(k) for k in keys], (keys[-1].name if more else None)
 
 
@@ -740,8 +732,7 @@ async def revoke_api_key(
         raise InvalidTransition(f"API key {name!r} is already revoked")
     now = ctx.clock.now()
     key.revoked_at = now
-    key.version += 1
-    key.updated_at = now
+    bump_version(key, now)
     session.add(key)
     await audit.record(
         session,

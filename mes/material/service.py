@@ -14,7 +14,7 @@ from mes.ids import parse_uuid
 from mes.material.schemas import MaterialCreate, MaterialPublic, MaterialUpdate
 from mes.models import MaterialDefinition, MaterialKind
 from mes.principal import Principal
-from mes.records import apply_update, check_version
+from mes.records import apply_update, check_version, fetch_page
 
 FIELDS = (
     "code",
@@ -180,12 +180,10 @@ async def update(
 async def list_materials(
     session: AsyncSession, *, kind: MaterialKind | None, after: str | None, limit: int
 ) -> tuple[list[MaterialPublic], str | None]:
-    stmt = select(MaterialDefinition).order_by(col(MaterialDefinition.code)).limit(limit + 1)
+    stmt = select(MaterialDefinition).order_by(col(MaterialDefinition.code))
     if kind is not None:
         stmt = stmt.where(MaterialDefinition.kind == kind)
     if after is not None:
         stmt = stmt.where(col(MaterialDefinition.code) > after)
-    rows = list((await session.execute(stmt)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await fetch_page(session, stmt, limit)
     return [public(r) for r in rows], (rows[-1].code if more else None)

@@ -44,6 +44,7 @@ from mes.models import (
     MaterialKind,
 )
 from mes.principal import Principal
+from mes.records import bump_version
 from mes.schemas import InputModel
 
 
@@ -387,8 +388,7 @@ async def _import_qualification(
 ) -> None:
     old = {"qualified_until": eq.qualified_until}
     eq.qualified_until = qualified_until
-    eq.version += 1
-    eq.updated_at = ctx.clock.now()
+    bump_version(eq, ctx.clock.now())
     session.add(eq)
     await audit.record_change(
         session,

@@ -19,6 +19,7 @@ from mes.errors import AccountLocked, Forbidden, InvalidInput, NotFound, Signatu
 from mes.identity import service as identity
 from mes.models import AppUser, AuthEventKind, ESignature, SignatureMeaning, UserStatus
 from mes.principal import Principal, PrincipalKind
+from mes.records import fetch_page
 from mes.signature.schemas import SignatureInput, SignaturePublic
 
 RecordReader = Callable[[AsyncSession, str], Awaitable[tuple[int, Mapping[str, Any]] | None]]
@@ -180,16 +181,14 @@ async def list_signatures(
     after: str | None,
     limit: int,
 ) -> tuple[list[ESignature], str | None]:
-    stmt = select(ESignature).order_by(col(ESignature.id)).limit(limit + 1)
+    stmt = select(ESignature).order_by(col(ESignature.id))
     if record_type is not None:
         stmt = stmt.where(ESignature.record_type == record_type)
     if record_id is not None:
         stmt = stmt.where(ESignature.record_id == record_id)
     if after is not None:
         stmt = stmt.where(col(ESignature.id) > uuid.UUID(after))
-    rows = list((await session.execute(stmt)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = await fetch_page(session, stmt, limit)
     return rows, (str(rows[-1].id) if more else None)
 
 
