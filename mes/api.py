@@ -8,6 +8,7 @@ from mes import health
 from mes.audit import router as audit
 from mes.equipment import router as equipment
 from mes.identity import router as identity
+from mes.lot import router as lot
 from mes.material import router as material
 from mes.signature import router as signature
 
@@ -20,6 +21,7 @@ def build_api_router() -> APIRouter:
     api.include_router(identity.router)
     api.include_router(equipment.router)
     api.include_router(material.router)
+    api.include_router(lot.router)
     api.include_router(audit.router)
     api.include_router(signature.router)
     return api

@@ -89,11 +89,18 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method of every route whose path matches (Starlette reports only one route's)."""
+    matches = [
+        route
+        for route in route_contexts(request.app)
+        if getattr(route, "path_regex", None) is not None
+        and route.path_regex.match(request.url.path)
+    ]
+    # A literal path (/lots/receive) names its own resource even where a template
+    # (/lots/{lot_number}) also matches it.
+    literal = [r for r in matches if "{" not in (r.path or "")]
     methods: set[str] = set()
-    for route in route_contexts(request.app):
-        regex = getattr(route, "path_regex", None)
-        if regex is not None and regex.match(request.url.path):
-            methods |= set(getattr(route, "methods", None) or ())
+    for route in literal or matches:
+        methods |= set(getattr(route, "methods", None) or ())
     return sorted(methods - {"HEAD"})
 
 

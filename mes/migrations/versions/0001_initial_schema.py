@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import mes.models.base
+from mes.migrations.append_only import make_append_only
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -280,37 +281,7 @@ APPEND_ONLY_TABLES = ("audit_entry", "e_signature", "auth_event")
 
 def _append_only_triggers() -> None:
     """AT-4: rows of append-only tables can be inserted and read, never changed or removed."""
-    bind = op.get_bind()
-    if bind.dialect.name == "postgresql":
-        op.execute(
-            """
-            CREATE OR REPLACE FUNCTION mes_refuse_change() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            BEGIN
-                RAISE EXCEPTION 'AT-4: % on append-only table % is refused', TG_OP, TG_TABLE_NAME
-                    USING ERRCODE = 'insufficient_privilege';
-            END
-            $$
-            """
-        )
-        for table in APPEND_ONLY_TABLES:
-            op.execute(
-                f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-                "FOR EACH ROW EXECUTE FUNCTION mes_refuse_change()"
-            )
-            op.execute(
-                f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION mes_refuse_change()"
-            )
-            op.execute(f"REVOKE UPDATE, DELETE, TRUNCATE ON {table} FROM PUBLIC")
-    else:
-        for table in APPEND_ONLY_TABLES:
-            for verb in ("UPDATE", "DELETE"):
-                op.execute(
-                    f"CREATE TRIGGER {table}_no_{verb.lower()} BEFORE {verb} ON {table} "
-                    f"BEGIN SELECT RAISE(ABORT, 'AT-4: {verb} on append-only table {table} "
-                    "is refused'); END"
-                )
+    make_append_only(APPEND_ONLY_TABLES)
 
 
 def downgrade() -> None:

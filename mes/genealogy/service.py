@@ -1,0 +1,458 @@
+"""Genealogy services. Edges are recorded when the work happens, in the same transaction as
+the consumed and produced ledger rows of one execution (TR-1); outputs are always new lots,
+so an edge can never close a cycle - and ``_assert_acyclic`` checks it anyway."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from mes.context import AppContext
+from mes.errors import Conflict, InvalidInput, NotFound
+from mes.genealogy import repository as repo
+from mes.genealogy.repository import Direction
+from mes.genealogy.schemas import (
+    BalanceLine,
+    ExecutionBalance,
+    ImpactedLot,
+    MassBalance,
+    MergeRequest,
+    ProduceRequest,
+    RecallImpact,
+    Shipment,
+    SplitRequest,
+    Trace,
+    TraceEdge,
+    TraceNode,
+)
+from mes.ids import uuid7
+from mes.lot import ledger
+from mes.lot import service as lots
+from mes.models import (
+    EdgeKind,
+    GenealogyEdge,
+    Lot,
+    LotOrigin,
+    LotStatus,
+    MaterialDefinition,
+    MaterialTransaction,
+    TransactionKind,
+)
+from mes.principal import Principal
+
+MAX_DEPTH = 64
+# Lots that can still be blended: not blocked by a quality decision.
+BLENDABLE = frozenset({LotStatus.quarantine, LotStatus.under_test, LotStatus.released})
+SPLITTABLE = frozenset(
+    {
+        LotStatus.quarantine,
+        LotStatus.under_test,
+        LotStatus.released,
+        LotStatus.conditionally_released,
+        LotStatus.on_hold,
+    }
+)
+
+
+async def _assert_acyclic(
+    session: AsyncSession, parents: list[uuid.UUID], child: uuid.UUID
+) -> None:
+    """An edge parent -> child closes a cycle iff child already reaches a parent forward."""
+    if child in parents or await repo.reaches(
+        session, child, Direction.forward, parents, MAX_DEPTH
+    ):
+        raise Conflict("this would make a lot its own ancestor", rule="TR-2")
+
+
+async def _edge(
+    session: AsyncSession,
+    parent: Lot,
+    child: Lot,
+    kind: EdgeKind,
+    quantity: Decimal,
+    execution_id: uuid.UUID,
+    at: datetime,
+) -> None:
+    await _assert_acyclic(session, [parent.id], child.id)
+    session.add(
+        GenealogyEdge(
+            parent_lot_id=parent.id,
+            child_lot_id=child.id,
+            kind=kind,
+            quantity=quantity,
+            uom=parent.uom,
+            execution_id=execution_id,
+            at=at,
+        )
+    )
+
+
+async def produce(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    data: ProduceRequest,
+    *,
+    allow_conditional: bool = False,
+    kind: EdgeKind = EdgeKind.transform,
+) -> tuple[uuid.UUID, list[Lot], Lot]:
+    """One execution: consume the inputs, produce a new lot in quarantine, link them.
+
+    The produced lot's expiry is its manufacture date plus the material's shelf life, but
+    never later than the earliest input expiry (UDI-7; DOMAIN 7 blends)."""
+    execution_id = data.execution_id or uuid7()
+    m = await lots.active_material(session, data.material_code, "material_code")
+    quantity = lots.convert_quantity(data.quantity, data.uom, m.base_uom, "uom")
+    inputs: list[tuple[Lot, Decimal, str]] = []
+    for i, ref in enumerate(data.inputs):
+        try:
+            lot = await lots.get_lot(session, ref.lot_number, ref.material_code, lock=True)
+        except NotFound as exc:
+            raise NotFound(exc.detail, field=f"inputs[{i}].lot_number") from exc
+        if lot.id in {x[0].id for x in inputs}:
+            raise InvalidInput(f"lot {lot.lot_number} is listed twice", field=f"inputs[{i}]")
+        inputs.append((lot, ref.quantity, ref.uom))
+    now = ctx.clock.now()
+    expiry = lots.default_expiry(m, now)
+    input_expiries = [lot.expires_at for lot, _, _ in inputs if lot.expires_at is not None]
+    if input_expiries and (expiry is None or min(input_expiries) < expiry):
+        expiry = min(input_expiries)
+    output, _ = await lots.create_lot(
+        ctx,
+        session,
+        principal,
+        m=m,
+        lot_number=data.lot_number,
+        origin=LotOrigin.produced,
+        status=LotStatus.quarantine,
+        quantity=quantity,
+        kind=TransactionKind.produced,
+        reason=data.reason,
+        execution_id=execution_id,
+        entered=(data.quantity, data.uom),
+        manufactured_at=now,
+        expires_at=expiry,
+    )
+    for i, (lot, qty, uom) in enumerate(inputs):
+        try:
+            tx = await ledger.post(
+                ctx,
+                session,
+                principal,
+                lot,
+                kind=TransactionKind.consumed,
+                quantity=qty,
+                uom=uom,
+                reason=data.reason,
+                execution_id=execution_id,
+                allow_conditional=allow_conditional,
+            )
+        except InvalidInput as exc:
+            raise InvalidInput(exc.detail, field=f"inputs[{i}].{exc.field or 'uom'}") from exc
+        await _edge(session, lot, output, kind, -tx.quantity, execution_id, now)
+    await session.flush()
+    return execution_id, [x[0] for x in inputs], output
+
+
+async def split(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    parent: Lot,
+    data: SplitRequest,
+) -> tuple[uuid.UUID, list[Lot]]:
+    """Split a lot into new lots whose disposition may diverge (DOMAIN 7). The children keep
+    the parent's status, dates and supplier data; the parent is consumed by the split."""
+    status = LotStatus(parent.status)
+    if status not in SPLITTABLE:
+        raise Conflict(
+            f"lot {parent.lot_number} is {status} and cannot be split", current_status=str(status)
+        )
+    m = await lots.material_of(session, parent)
+    execution_id = uuid7()
+    now = ctx.clock.now()
+    children: list[Lot] = []
+    for i, part in enumerate(data.parts):
+        qty = lots.convert_quantity(part.quantity, part.uom, parent.uom, f"parts[{i}].uom")
+        await ledger.post(
+            ctx,
+            session,
+            principal,
+            parent,
+            kind=TransactionKind.consumed,
+            quantity=part.quantity,
+            uom=part.uom,
+            reason=data.reason,
+            execution_id=execution_id,
+            check_eligibility=False,
+        )
+        child, _ = await lots.create_lot(
+            ctx,
+            session,
+            principal,
+            m=m,
+            lot_number=part.lot_number,
+            origin=LotOrigin.produced,
+            status=status if status != LotStatus.on_hold else LotStatus.on_hold,
+            quantity=qty,
+            kind=TransactionKind.produced,
+            reason=data.reason,
+            execution_id=execution_id,
+            entered=(part.quantity, part.uom),
+            supplier=parent.supplier,
+            supplier_lot=parent.supplier_lot,
+            coa_ref=parent.coa_ref,
+            manufactured_at=parent.manufactured_at,
+            expires_at=parent.expires_at,
+            retest_at=parent.retest_at,
+        )
+        if status == LotStatus.on_hold:
+            child.held_from_status = parent.held_from_status
+        await _edge(session, parent, child, EdgeKind.lot_split, qty, execution_id, now)
+        children.append(child)
+    await session.flush()
+    return execution_id, children
+
+
+async def merge(
+    ctx: AppContext, session: AsyncSession, principal: Principal, data: MergeRequest
+) -> tuple[uuid.UUID, list[Lot], Lot]:
+    """Blend lots of one material into a new lot. The blend is released only when every
+    input was released; the earliest input expiry wins (DOMAIN 7)."""
+    inputs: list[Lot] = []
+    for i, ref in enumerate(data.inputs):
+        try:
+            lot = await lots.get_lot(session, ref.lot_number, ref.material_code, lock=True)
+        except NotFound as exc:
+            raise NotFound(exc.detail, field=f"inputs[{i}].lot_number") from exc
+        if lot.id in {x.id for x in inputs}:
+            raise InvalidInput(f"lot {lot.lot_number} is listed twice", field=f"inputs[{i}]")
+        if LotStatus(lot.status) not in BLENDABLE:
+            raise Conflict(
+                f"lot {lot.lot_number} is {lot.status} and cannot be blended",
+                rule="ID-1",
+                field=f"inputs[{i}]",
+                current_status=str(lot.status),
+            )
+        if inputs and lot.material_id != inputs[0].material_id:
+            raise InvalidInput(
+                "a blend takes lots of one material; use production for others",
+                field=f"inputs[{i}].lot_number",
+            )
+        if lot.remaining_qty <= 0:
+            raise Conflict(f"lot {lot.lot_number} is empty", field=f"inputs[{i}]")
+        inputs.append(lot)
+    m = await lots.material_of(session, inputs[0])
+    execution_id = uuid7()
+    now = ctx.clock.now()
+    total = sum((lot.remaining_qty for lot in inputs), Decimal(0))
+    all_released = all(LotStatus(lot.status) == LotStatus.released for lot in inputs)
+    expiries = [lot.expires_at for lot in inputs if lot.expires_at is not None]
+    output, _ = await lots.create_lot(
+        ctx,
+        session,
+        principal,
+        m=m,
+        lot_number=data.lot_number,
+        origin=LotOrigin.produced,
+        status=LotStatus.released if all_released else LotStatus.quarantine,
+        quantity=total,
+        kind=TransactionKind.produced,
+        reason=data.reason,
+        execution_id=execution_id,
+        manufactured_at=now,
+        expires_at=min(expiries) if expiries else None,
+    )
+    for lot in inputs:
+        qty = lot.remaining_qty
+        await ledger.post(
+            ctx,
+            session,
+            principal,
+            lot,
+            kind=TransactionKind.consumed,
+            quantity=qty,
+            uom=lot.uom,
+            reason=data.reason,
+            execution_id=execution_id,
+            check_eligibility=False,
+        )
+        await _edge(session, lot, output, EdgeKind.blend, qty, execution_id, now)
+    await session.flush()
+    return execution_id, inputs, output
+
+
+# --- traces ------------------------------------------------------------------------------------
+
+
+async def trace(session: AsyncSession, lot: Lot, direction: Direction, max_depth: int) -> Trace:
+    """Backward (where from, TR-2) or forward (where used, TR-3) genealogy of a lot."""
+    # One level past the cap tells whether the cap cut anything off.
+    reached = await repo.trace_nodes(session, lot.id, direction, max_depth + 1)
+    nodes = [n for n in reached if n.depth <= max_depth]
+    edges = await repo.trace_edges(session, lot.id, direction, max_depth)
+    numbers = {n.lot_id: n.lot_number for n in nodes}
+    loads: dict[uuid.UUID, list[str]] = defaultdict(list)
+    for load_no, lot_id in await repo.loads_of(session, list(numbers)):
+        loads[lot_id].append(load_no)
+    root = nodes[0]
+    return Trace(
+        lot_number=root.lot_number,
+        material_code=root.material_code,
+        direction=direction,
+        max_depth=max_depth,
+        depth_limited=len(reached) > len(nodes),
+        nodes=[
+            TraceNode(
+                lot_number=n.lot_number,
+                material_code=n.material_code,
+                material_kind=n.material_kind,
+                status=n.status,
+                quantity=n.quantity,
+                uom=n.uom,
+                depth=n.depth,
+                loads=loads.get(n.lot_id, []),
+            )
+            for n in nodes
+        ],
+        edges=sorted(
+            (
+                TraceEdge(
+                    parent=numbers[e.parent_lot_id],
+                    child=numbers[e.child_lot_id],
+                    kind=e.kind,
+                    quantity=e.quantity,
+                    uom=e.uom,
+                    execution_id=e.execution_id,
+                )
+                for e in edges
+                if e.parent_lot_id in numbers and e.child_lot_id in numbers
+            ),
+            key=lambda e: (e.parent, e.child),
+        ),
+    )
+
+
+async def recall_impact(session: AsyncSession, lot: Lot) -> RecallImpact:
+    """TR-3: every finished lot (a material with a GTIN) downstream of a suspect lot, its
+    serials, the sterilization loads and the shipments known to the MES."""
+    m = await lots.material_of(session, lot)
+    finished = await repo.trace_nodes(
+        session, lot.id, Direction.forward, MAX_DEPTH, finished_only=True
+    )
+    serials = await repo.serial_counts_of_trace(session, lot.id, MAX_DEPTH)
+    loads = sorted({load_no for load_no, _ in await repo.forward_loads(session, lot.id, MAX_DEPTH)})
+    numbers = {n.lot_id: n.lot_number for n in finished}
+    shipments = await repo.shipments_of_trace(session, lot.id, MAX_DEPTH)
+    ship_numbers = await _lot_numbers(session, {s[0] for s in shipments} - numbers.keys())
+    ship_numbers.update(numbers)
+    return RecallImpact(
+        suspect_lot=lot.lot_number,
+        material_code=m.code,
+        finished_lots=[
+            ImpactedLot(
+                lot_number=n.lot_number,
+                material_code=n.material_code,
+                gtin=n.gtin,
+                status=n.status,
+                quantity=n.quantity,
+                uom=n.uom,
+                depth=n.depth,
+                serials=serials.get(n.lot_id, 0),
+            )
+            for n in finished
+        ],
+        finished_lot_count=len(finished),
+        serial_count=sum(serials.get(n.lot_id, 0) for n in finished),
+        loads=loads,
+        shipments=[
+            Shipment(
+                lot_number=ship_numbers[lot_id], consignee=consignee, quantity=-qty, uom=uom, at=at
+            )
+            for lot_id, consignee, qty, uom, at in shipments
+        ],
+    )
+
+
+async def _lot_numbers(session: AsyncSession, ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    if not ids:
+        return {}
+    rows = await session.execute(select(Lot.id, Lot.lot_number).where(col(Lot.id).in_(ids)))
+    return {row.id: row.lot_number for row in rows}
+
+
+async def mass_balance(session: AsyncSession, lot: Lot) -> MassBalance:
+    """Lot: remaining = in - consumed - sampled - scrapped - shipped +/- adjusted, never < 0;
+    execution: inputs against outputs per unit (DOMAIN 7 mass balance)."""
+    m = await lots.material_of(session, lot)
+    rows = list(
+        (
+            await session.execute(
+                select(MaterialTransaction).where(MaterialTransaction.lot_id == lot.id)
+            )
+        ).scalars()
+    )
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for tx in rows:
+        totals[str(tx.kind)] += tx.quantity
+    executions = sorted(
+        {tx.execution_id for tx in rows if tx.kind == TransactionKind.produced and tx.execution_id}
+    )
+    balances: list[ExecutionBalance] = []
+    for execution_id in executions:
+        members = list(
+            (
+                await session.execute(
+                    select(MaterialTransaction, Lot, MaterialDefinition)
+                    .join(Lot, col(Lot.id) == MaterialTransaction.lot_id)
+                    .join(MaterialDefinition, col(MaterialDefinition.id) == Lot.material_id)
+                    .where(MaterialTransaction.execution_id == execution_id)
+                    .order_by(col(MaterialTransaction.seq))
+                )
+            ).all()
+        )
+        inputs = [
+            BalanceLine(
+                lot_number=lt.lot_number, material_code=md.code, quantity=-tx.quantity, uom=tx.uom
+            )
+            for tx, lt, md in members
+            if tx.kind == TransactionKind.consumed
+        ]
+        outputs = [
+            BalanceLine(
+                lot_number=lt.lot_number, material_code=md.code, quantity=tx.quantity, uom=tx.uom
+            )
+            for tx, lt, md in members
+            if tx.kind == TransactionKind.produced
+        ]
+        balances.append(
+            ExecutionBalance(
+                execution_id=execution_id,
+                inputs=inputs,
+                outputs=outputs,
+                input_totals=_per_unit(inputs),
+                output_totals=_per_unit(outputs),
+            )
+        )
+    ledger_sum = sum(totals.values(), Decimal(0))
+    return MassBalance(
+        lot_number=lot.lot_number,
+        material_code=m.code,
+        uom=lot.uom,
+        ledger=dict(sorted(totals.items())),
+        remaining=lot.remaining_qty,
+        balanced=ledger_sum == lot.remaining_qty and lot.remaining_qty >= 0,
+        executions=balances,
+    )
+
+
+def _per_unit(lines: list[BalanceLine]) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = defaultdict(Decimal)
+    for line in lines:
+        out[line.uom] += line.quantity
+    return dict(out)

@@ -1,0 +1,1 @@
+"""Material lots: receipt, disposition, sublots, serials and the material ledger."""
