@@ -22,8 +22,8 @@ services:
 	bash .ci/services.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check mes connectors tests
-	$(BIN)/ruff format --check mes connectors tests
+	$(BIN)/ruff check mes connectors tests bench
+	$(BIN)/ruff format --check mes connectors tests bench
 
 types: $(STAMP)
 	$(BIN)/mypy mes connectors

@@ -11,6 +11,7 @@ from mes.identity import router as identity
 from mes.lot import router as lot
 from mes.material import router as material
 from mes.signature import router as signature
+from mes.udi import router as udi
 
 API_PREFIX = "/api/v1"
 
@@ -22,6 +23,7 @@ def build_api_router() -> APIRouter:
     api.include_router(equipment.router)
     api.include_router(material.router)
     api.include_router(lot.router)
+    api.include_router(udi.router)
     api.include_router(audit.router)
     api.include_router(signature.router)
     return api

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tokenize
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -18,7 +19,8 @@ _UNIT_EXPR = re.compile(
 
 @lru_cache(maxsize=1)
 def registry() -> pint.UnitRegistry[Any]:
-    ureg: pint.UnitRegistry[Any] = pint.UnitRegistry()
+    # Decimal magnitudes: conversions of recorded quantities are exact, never binary floats.
+    ureg: pint.UnitRegistry[Any] = pint.UnitRegistry(non_int_type=Decimal)
     ureg.define("each = [count] = ea = piece = pcs")
     return ureg
 

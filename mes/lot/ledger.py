@@ -97,7 +97,7 @@ async def post(
                 rule="ID-1",
                 current_status=str(status),
             )
-    if kind == TransactionKind.shipped and status not in rules.SHIPPABLE:
+    if kind == TransactionKind.shipped and reverses is None and status not in rules.SHIPPABLE:
         raise Conflict(
             f"lot {lot.lot_number} is {status}; only released lots ship",
             rule="ID-1",
@@ -161,6 +161,18 @@ async def post(
         )
     else:
         await session.flush()
+    if reverses is not None and remaining > 0 and status in (LotStatus.consumed, LotStatus.shipped):
+        # The corrected movement had emptied the lot: it holds material again.
+        await set_status(
+            ctx,
+            session,
+            principal,
+            lot,
+            LotStatus.released,
+            reason=f"reversal: {reason}",
+            source="reversal",
+            material_code=m.code,
+        )
     if remaining == 0 and kind == TransactionKind.consumed and status == LotStatus.released:
         await set_status(
             ctx,
@@ -172,7 +184,7 @@ async def post(
             source="system",
             material_code=m.code,
         )
-    if kind == TransactionKind.shipped and remaining == 0:
+    if kind == TransactionKind.shipped and reverses is None and remaining == 0:
         await set_status(
             ctx,
             session,
@@ -342,11 +354,12 @@ async def create_sublot(
     )
     if exists.first() is not None:
         raise AlreadyExists(f"container {data.code!r} of lot {lot.lot_number} exists", field="code")
-    held = (
-        await session.execute(
-            select(func.coalesce(func.sum(Sublot.quantity), 0)).where(Sublot.lot_id == lot.id)
-        )
-    ).scalar_one()
+    held = sum(
+        (await session.execute(select(col(Sublot.quantity)).where(Sublot.lot_id == lot.id)))
+        .scalars()
+        .all(),
+        Decimal(0),
+    )
     if Decimal(held) + quantity > lot.remaining_qty:
         raise Conflict(
             f"containers would hold {Decimal(held) + quantity} {lot.uom}; lot has "
@@ -369,7 +382,7 @@ async def create_sublot(
         principal,
         action="create",
         entity_type="sublot",
-        entity_id=f"{lot.id}/{sub.code}",
+        entity_id=str(sub.id),
         entity_version=sub.version,
         old=None,
         new={"code": sub.code, "quantity": sub.quantity, "location": sub.location},
@@ -553,3 +566,11 @@ async def get_load(session: AsyncSession, load_no: str) -> tuple[SterilizationLo
         ).scalars()
     )
     return load, sterilizer.code if sterilizer else "", members
+
+
+async def find_serial(session: AsyncSession, lot: Lot, serial: str) -> SerialUnit | None:
+    return (
+        await session.execute(
+            select(SerialUnit).where(SerialUnit.lot_id == lot.id, SerialUnit.serial == serial)
+        )
+    ).scalar_one_or_none()

@@ -3,11 +3,13 @@ production, split, merge and genealogy."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from mes.errors import Conflict, NotFound
 from mes.genealogy import service as genealogy
 from mes.genealogy.repository import Direction
 from mes.genealogy.schemas import (
@@ -56,6 +58,7 @@ from mes.lot.schemas import (
 from mes.models import Lot, LotStatus, Role
 from mes.principal import Principal
 from mes.signature import service as signatures
+from mes.udi.label import UdiLabel, build_label, render_datamatrix
 
 router = APIRouter(tags=["lots and genealogy"])
 
@@ -436,3 +439,64 @@ async def get_load(load_no: str, session: SessionDep, _: Reader) -> LoadPublic:
         version=load.version,
         created_at=load.created_at,
     )
+
+
+async def _label(
+    session: SessionDep, lot_number: str, material: str | None, serial: str | None
+) -> UdiLabel:
+    lot = await _lot(session, lot_number, material)
+    m = await lots.material_of(session, lot)
+    if m.gtin is None:
+        raise Conflict(
+            f"material {m.code} has no GTIN (UDI-DI); its lots carry no UDI", rule="UDI-1"
+        )
+    if serial is not None:
+        found = await ledger.find_serial(session, lot, serial)
+        if found is None:
+            raise NotFound(f"serial {serial!r} is not a unit of lot {lot.lot_number}")
+    try:
+        return build_label(
+            m.gtin,
+            lot=lot.lot_number,
+            serial=serial,
+            production_date=lot.manufactured_at.date() if lot.manufactured_at else None,
+            expiry_date=lot.expires_at.date() if lot.expires_at else None,
+        )
+    except ValueError as exc:
+        raise Conflict(f"lot {lot.lot_number} cannot be labelled: {exc}", rule="UDI-2") from exc
+
+
+SerialQuery = Annotated[str | None, Query(max_length=20, description="Serial (AI 21) of a unit.")]
+
+
+@router.get("/lots/{lot_number}/udi-label", response_model=UdiLabel)
+async def lot_udi_label(
+    lot_number: str,
+    session: SessionDep,
+    _: Reader,
+    material_code: MaterialQuery = None,
+    serial: SerialQuery = None,
+) -> UdiLabel:
+    """UDI label content of a lot (or one serial): GS1 element string and human-readable
+    lines, dates YYYY-MM-DD in text and YYMMDD in the symbol from one stored date (UDI-3)."""
+    return await _label(session, lot_number, material_code, serial)
+
+
+@router.get(
+    "/lots/{lot_number}/udi-label.{fmt}",
+    responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}},
+    response_class=Response,
+)
+async def lot_udi_symbol(
+    lot_number: str,
+    fmt: Literal["png", "svg"],
+    session: SessionDep,
+    _: Reader,
+    material_code: MaterialQuery = None,
+    serial: SerialQuery = None,
+) -> Response:
+    """The GS1 DataMatrix of the label, verified by decoding it back before it is served
+    (UDI-5: it must read as ]d2 with the intended elements)."""
+    label = await _label(session, lot_number, material_code, serial)
+    image = await asyncio.to_thread(render_datamatrix, label, fmt)
+    return Response(image, media_type="image/png" if fmt == "png" else "image/svg+xml")

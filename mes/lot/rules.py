@@ -110,9 +110,9 @@ def to_lot_unit(quantity: Decimal, entered_uom: str, lot_uom: str) -> Decimal:
         return quantity
     ureg = registry()
     try:
-        converted = ureg.Quantity(str(quantity), entered_uom).to(lot_uom)
-    except (pint.errors.PintError, ValueError, InvalidOperation) as exc:
+        converted = ureg.Quantity(Decimal(quantity), entered_uom).to(lot_uom)
+    except (pint.errors.PintError, ValueError, TypeError, InvalidOperation) as exc:
         raise UnitMismatch(
             f"{entered_uom} cannot be converted to the lot's unit {lot_uom}"
         ) from exc
-    return Decimal(str(converted.magnitude)).quantize(Decimal("0.000001"))
+    return Decimal(converted.magnitude).quantize(Decimal("0.000001"))

@@ -13,14 +13,14 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Numeric, String, UniqueConstraint
+from sqlalchemy import JSON, String, UniqueConstraint
 from sqlmodel import Column, Field, SQLModel
 
 from mes.clock import utc_now
 from mes.ids import uuid7
-from mes.models.base import VersionedRecord, id_field, seq_column, utc_field
+from mes.models.base import ExactDecimal, VersionedRecord, id_field, seq_column, utc_field
 
-QTY = Numeric(20, 6)
+QTY = ExactDecimal()
 
 
 class LotStatus(StrEnum):

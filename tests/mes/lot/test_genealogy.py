@@ -19,6 +19,7 @@ from mes.material import service as materials
 from mes.material.schemas import MaterialCreate
 from mes.models import EquipmentLevel, LotStatus, TransactionKind
 from mes.principal import system_principal
+from mes.udi.label import verify_symbol
 from tests.conftest import Actors
 
 ME = system_principal("test")
@@ -371,3 +372,33 @@ async def test_genealogy_api(
     ).status_code == 404
     balance = await client.get("/api/v1/lots/RES-1/mass-balance", headers=actors["operator"])
     assert balance.json()["balanced"] is True
+    load = await client.get("/api/v1/sterilization-loads/L-1", headers=actors["qa"])
+    assert load.status_code == 200
+    assert load.json()["lots"] == ["PK-1"]  # TR-5: load -> lots
+    assert load.json()["sterilizer_code"] == "S-1"
+
+
+async def test_udi_label_of_a_finished_lot(
+    client: httpx.AsyncClient, actors: Actors, history: AppContext
+) -> None:
+    """PR-7 / UDI-3 / UDI-5: label content from stored dates; the served symbol decodes
+    back to the same elements as GS1 DataMatrix (]d2)."""
+    label = await client.get("/api/v1/lots/PK-1/udi-label", headers=actors["operator"])
+    assert label.status_code == 200
+    body = label.json()
+    assert body["gtin"] == "00812345000023"
+    assert body["lot"] == "PK-1"
+    png = await client.get("/api/v1/lots/PK-1/udi-label.png", headers=actors["operator"])
+    assert png.status_code == 200
+    assert png.headers["content-type"] == "image/png"
+    scan = verify_symbol(png.content)
+    assert scan.symbology_id == "]d2"
+    assert (scan.gtin, scan.lot) == ("00812345000023", "PK-1")
+    svg = await client.get("/api/v1/lots/PK-1/udi-label.svg", headers=actors["operator"])
+    assert svg.text.lstrip().startswith("<?xml")
+    no_gtin = await client.get("/api/v1/lots/RES-M/udi-label", headers=actors["operator"])
+    assert no_gtin.status_code == 409
+    missing = await client.get(
+        "/api/v1/lots/PK-1/udi-label", params={"serial": "X1"}, headers=actors["operator"]
+    )
+    assert missing.status_code == 404
