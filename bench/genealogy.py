@@ -850,29 +850,9 @@ async def service_recall(session: AsyncSession, lot: Lot) -> object:
 
 
 def bare_recall_stmt(start: uuid.UUID) -> Select[Any]:
-    """The forward walk joined to lot and material, finished lots only: the rows the service
-    lists (what ``repository.trace_nodes(..., finished_only=True)`` selects)."""
-    ids = repo.trace_ids_stmt(start, Direction.forward, MAX_DEPTH).subquery()
-    return (
-        select(
-            ids.c.lot_id,
-            ids.c.depth,
-            LOT.c.lot_number,
-            MATERIAL.c.code,
-            MATERIAL.c.kind,
-            MATERIAL.c.gtin,
-            LOT.c.status,
-            LOT.c.remaining_qty,
-            LOT.c.uom,
-        )
-        .select_from(
-            ids.join(LOT, LOT.c.id == ids.c.lot_id).join(
-                MATERIAL, MATERIAL.c.id == LOT.c.material_id
-            )
-        )
-        .where(MATERIAL.c.gtin.is_not(None), ids.c.depth > 0)
-        .order_by(ids.c.depth, LOT.c.lot_number)
-    )
+    """The recall's recursive walk (UNION on ids) joined to lot and material, finished lots
+    only: the rows the service lists, without serials, loads, shipments or result models."""
+    return repo.finished_downstream_stmt(start)
 
 
 async def bare_recall(session: AsyncSession, lot: Lot) -> object:

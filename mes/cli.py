@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 import mes
 from mes.context import AppContext
 from mes.db import database_url_for_display
+from mes.demo import seed_history
 from mes.errors import MesError
 from mes.identity import service as identity
 from mes.identity.schemas import ApiKeyCreate, UserCreate
@@ -168,6 +169,8 @@ def demo(
                             reason="demo account",
                         ),
                     )
+        if await seed_history(ctx, DEMO_PASSWORD):
+            console.print("demo history: GA-2611-01 ... SUT-2611-01 (load EO-2611-014, shipped)")
 
     try:
         _run(settings, prepare)

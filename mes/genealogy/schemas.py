@@ -101,7 +101,6 @@ class ImpactedLot(BaseModel):
     status: str
     quantity: Decimal
     uom: str
-    depth: int
     serials: int
 
 
