@@ -14,7 +14,17 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Integer, Select, String, Uuid, func, literal, select, union_all
+from sqlalchemy import (
+    ARRAY,
+    Select,
+    Uuid,
+    any_,
+    bindparam,
+    func,
+    literal,
+    literal_column,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.selectable import CTE
 
@@ -28,7 +38,6 @@ from mes.models import (
     SterilizationLoad,
     TransactionKind,
 )
-from mes.models.base import ExactDecimal, UTCDateTime
 
 EDGE: Any = GenealogyEdge.__table__  # type: ignore[attr-defined]
 LOT: Any = Lot.__table__  # type: ignore[attr-defined]
@@ -66,88 +75,6 @@ def trace_ids_stmt(start: uuid.UUID, direction: Direction, max_depth: int) -> Se
     return select(cte.c.lot_id, func.min(cte.c.depth).label("depth")).group_by(cte.c.lot_id)
 
 
-@dataclass(frozen=True)
-class NodeRow:
-    lot_id: uuid.UUID
-    depth: int
-    lot_number: str
-    material_code: str
-    material_kind: str
-    gtin: str | None
-    status: str
-    quantity: Decimal
-    uom: str
-
-
-@dataclass(frozen=True)
-class EdgeRow:
-    parent_lot_id: uuid.UUID
-    child_lot_id: uuid.UUID
-    kind: str
-    quantity: Decimal
-    uom: str
-    execution_id: uuid.UUID
-
-
-async def trace_nodes(
-    session: AsyncSession,
-    start: uuid.UUID,
-    direction: Direction,
-    max_depth: int,
-    *,
-    finished_only: bool = False,
-) -> list[NodeRow]:
-    """Reached lots with their material, in depth order (the start lot at depth 0)."""
-    ids = trace_ids_stmt(start, direction, max_depth).subquery()
-    stmt = (
-        select(
-            ids.c.lot_id,
-            ids.c.depth,
-            LOT.c.lot_number,
-            MATERIAL.c.code,
-            MATERIAL.c.kind,
-            MATERIAL.c.gtin,
-            LOT.c.status,
-            LOT.c.remaining_qty,
-            LOT.c.uom,
-        )
-        .select_from(
-            ids.join(LOT, LOT.c.id == ids.c.lot_id).join(
-                MATERIAL, MATERIAL.c.id == LOT.c.material_id
-            )
-        )
-        .order_by(ids.c.depth, LOT.c.lot_number)
-    )
-    if finished_only:
-        stmt = stmt.where(MATERIAL.c.gtin.is_not(None), ids.c.depth > 0)
-    result = await session.execute(stmt)
-    return [NodeRow(*row) for row in result.all()]
-
-
-async def trace_edges(
-    session: AsyncSession, start: uuid.UUID, direction: Direction, max_depth: int
-) -> list[EdgeRow]:
-    """The edges walked by the trace (each once)."""
-    cte = trace_cte(start, direction, max_depth)
-    near = EDGE.c.child_lot_id if direction == Direction.backward else EDGE.c.parent_lot_id
-    walked = (
-        select(EDGE.c.id)
-        .select_from(cte.join(EDGE, near == cte.c.lot_id))
-        .where(cte.c.depth < max_depth)
-        .distinct()
-        .subquery()
-    )
-    stmt = select(
-        EDGE.c.parent_lot_id,
-        EDGE.c.child_lot_id,
-        EDGE.c.kind,
-        EDGE.c.quantity,
-        EDGE.c.uom,
-        EDGE.c.execution_id,
-    ).where(EDGE.c.id.in_(select(walked.c.id)))
-    return [EdgeRow(*row) for row in (await session.execute(stmt)).all()]
-
-
 async def reaches(
     session: AsyncSession,
     start: uuid.UUID,
@@ -163,89 +90,11 @@ async def reaches(
     return (await session.execute(stmt)).first() is not None
 
 
-async def loads_of(
-    session: AsyncSession, lot_ids: Sequence[uuid.UUID]
-) -> list[tuple[str, uuid.UUID]]:
-    """(load_no, lot_id) memberships of the given lots (TR-5)."""
-    if not lot_ids:
-        return []
-    stmt = (
-        select(LOAD.c.load_no, LOAD_ITEM.c.lot_id)
-        .select_from(LOAD_ITEM.join(LOAD, LOAD.c.id == LOAD_ITEM.c.load_id))
-        .where(LOAD_ITEM.c.lot_id.in_(list(lot_ids)))
-        .order_by(LOAD.c.load_no)
-    )
-    return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
-
-
-async def forward_loads(
-    session: AsyncSession, start: uuid.UUID, max_depth: int
-) -> list[tuple[str, uuid.UUID]]:
-    ids = trace_ids_stmt(start, Direction.forward, max_depth).subquery()
-    stmt = (
-        select(LOAD.c.load_no, LOAD_ITEM.c.lot_id)
-        .select_from(
-            ids.join(LOAD_ITEM, LOAD_ITEM.c.lot_id == ids.c.lot_id).join(
-                LOAD, LOAD.c.id == LOAD_ITEM.c.load_id
-            )
-        )
-        .order_by(LOAD.c.load_no)
-    )
-    return [(row[0], row[1]) for row in (await session.execute(stmt)).all()]
-
-
-async def shipments_of_trace(
-    session: AsyncSession, start: uuid.UUID, max_depth: int
-) -> list[tuple[uuid.UUID, str | None, Decimal, str, Any]]:
-    """(lot_id, consignee, quantity, uom, at) of shipments of lots reached forward."""
-    ids = trace_ids_stmt(start, Direction.forward, max_depth).subquery()
-    stmt = (
-        select(TX.c.lot_id, TX.c.consignee, TX.c.quantity, TX.c.uom, TX.c.at)
-        .select_from(ids.join(TX, TX.c.lot_id == ids.c.lot_id))
-        .where(TX.c.kind == TransactionKind.shipped.value)
-        .order_by(TX.c.at)
-    )
-    return [(r[0], r[1], r[2], r[3], r[4]) for r in (await session.execute(stmt)).all()]
-
-
-async def serial_counts_of_trace(
-    session: AsyncSession, start: uuid.UUID, max_depth: int
-) -> dict[uuid.UUID, int]:
-    serial: Any = SerialUnit.__table__  # type: ignore[attr-defined]
-    ids = trace_ids_stmt(start, Direction.forward, max_depth).subquery()
-    stmt = (
-        select(serial.c.lot_id, func.count())
-        .select_from(ids.join(serial, serial.c.lot_id == ids.c.lot_id))
-        .group_by(serial.c.lot_id)
-    )
-    return {row[0]: int(row[1]) for row in (await session.execute(stmt)).all()}
-
-
 # --- single-statement forms used by the service ---------------------------------------------
 
 
-def walk_cte(start: uuid.UUID, direction: Direction, max_depth: int) -> CTE:
-    """(lot_id, depth, edge_id): like ``trace_cte`` but remembering the edge that reached
-    each row, so nodes and walked edges come from one statement."""
-    if direction == Direction.backward:
-        near, far = EDGE.c.child_lot_id, EDGE.c.parent_lot_id
-    else:
-        near, far = EDGE.c.parent_lot_id, EDGE.c.child_lot_id
-    base = select(
-        literal(start, Uuid()).label("lot_id"),
-        literal(0).label("depth"),
-        literal(None, Uuid()).label("edge_id"),
-    ).cte("walk", recursive=True)
-    step = (
-        select(far.label("lot_id"), (base.c.depth + 1).label("depth"), EDGE.c.id.label("edge_id"))
-        .select_from(base.join(EDGE, near == base.c.lot_id))
-        .where(base.c.depth < max_depth)
-    )
-    return base.union(step)
-
-
 @dataclass(frozen=True)
-class WalkRow:
+class NodeRow:
     lot_id: uuid.UUID
     depth: int
     lot_number: str
@@ -254,44 +103,70 @@ class WalkRow:
     status: str
     quantity: Decimal
     uom: str
-    parent_lot_id: uuid.UUID | None
-    child_lot_id: uuid.UUID | None
-    edge_kind: str | None
-    edge_quantity: Decimal | None
-    edge_uom: str | None
-    execution_id: uuid.UUID | None
     load_no: str | None
 
 
-async def walk(
+@dataclass(frozen=True)
+class EdgeRow:
+    parent_lot_id: uuid.UUID
+    child_lot_id: uuid.UUID
+    kind: str
+    quantity: Decimal
+    uom: str
+    execution_id: uuid.UUID
+
+
+async def trace_nodes(
     session: AsyncSession, start: uuid.UUID, direction: Direction, max_depth: int
-) -> list[WalkRow]:
-    """Every (lot, depth, reaching edge, load) row of a trace, in one statement."""
-    w = walk_cte(start, direction, max_depth)
+) -> list[NodeRow]:
+    """Each reached lot once, at its shortest depth, with material and load memberships."""
+    ids = trace_ids_stmt(start, direction, max_depth).subquery()
     stmt = select(
-        w.c.lot_id,
-        w.c.depth,
+        ids.c.lot_id,
+        ids.c.depth,
         LOT.c.lot_number,
         MATERIAL.c.code,
         MATERIAL.c.kind,
         LOT.c.status,
         LOT.c.remaining_qty,
         LOT.c.uom,
+        LOAD.c.load_no,
+    ).select_from(
+        ids.join(LOT, LOT.c.id == ids.c.lot_id)
+        .join(MATERIAL, MATERIAL.c.id == LOT.c.material_id)
+        .outerjoin(LOAD_ITEM, LOAD_ITEM.c.lot_id == ids.c.lot_id)
+        .outerjoin(LOAD, LOAD.c.id == LOAD_ITEM.c.load_id)
+    )
+    return [NodeRow(*tuple(row)) for row in (await session.execute(stmt)).all()]
+
+
+async def edges_among(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[EdgeRow]:
+    """Edges whose both ends are among ``ids`` (the edges of a traced node set)."""
+    if not ids:
+        return []
+    stmt = select(
         EDGE.c.parent_lot_id,
         EDGE.c.child_lot_id,
         EDGE.c.kind,
         EDGE.c.quantity,
         EDGE.c.uom,
         EDGE.c.execution_id,
-        LOAD.c.load_no,
-    ).select_from(
-        w.join(LOT, LOT.c.id == w.c.lot_id)
-        .join(MATERIAL, MATERIAL.c.id == LOT.c.material_id)
-        .outerjoin(EDGE, EDGE.c.id == w.c.edge_id)
-        .outerjoin(LOAD_ITEM, LOAD_ITEM.c.lot_id == w.c.lot_id)
-        .outerjoin(LOAD, LOAD.c.id == LOAD_ITEM.c.load_id)
     )
-    return [WalkRow(*tuple(row)) for row in (await session.execute(stmt)).all()]
+    if session.get_bind().dialect.name == "postgresql":
+        array = ARRAY(Uuid())
+        stmt = stmt.where(
+            EDGE.c.child_lot_id == any_(bindparam("children", list(ids), type_=array)),
+            EDGE.c.parent_lot_id == any_(bindparam("parents", list(ids), type_=array)),
+        )
+        return [EdgeRow(*tuple(row)) for row in (await session.execute(stmt)).all()]
+    wanted = set(ids)
+    rows: list[EdgeRow] = []
+    for i in range(0, len(ids), 900):
+        chunk = stmt.where(EDGE.c.child_lot_id.in_(list(ids[i : i + 900])))
+        rows.extend(
+            EdgeRow(*tuple(row)) for row in (await session.execute(chunk)).all() if row[0] in wanted
+        )
+    return rows
 
 
 def reached_cte(start: uuid.UUID) -> CTE:
@@ -326,103 +201,49 @@ def finished_downstream_stmt(start: uuid.UUID) -> Select[Any]:
     )
 
 
-@dataclass(frozen=True)
-class RecallRow:
-    """One row of the recall statement: a finished lot, a load membership or a shipment."""
-
-    row_kind: str
-    lot_id: uuid.UUID
-    lot_number: str | None
-    material_code: str | None
-    gtin: str | None
-    status: str | None
-    quantity: Decimal | None
-    uom: str | None
-    serials: int | None
-    load_no: str | None
-    consignee: str | None
-    at: Any
+def _any(column: Any, ids: Sequence[uuid.UUID], dialect: str) -> list[Any]:
+    """``column IN ids`` as one array parameter on PostgreSQL, or chunks of bound parameters
+    on SQLite (which caps the parameters of one statement)."""
+    if dialect == "postgresql":
+        return [column == any_(bindparam("ids", list(ids), type_=ARRAY(Uuid())))]
+    return [column.in_(list(ids[i : i + 900])) for i in range(0, len(ids), 900)]
 
 
-async def recall_rows(session: AsyncSession, start: uuid.UUID) -> list[RecallRow]:
-    """Finished lots with serial counts, their loads and their shipments in one statement
-    over one walk (the CTE is referenced three times and computed once)."""
-    reached = reached_cte(start)
+async def _rows_for(
+    session: AsyncSession, stmt: Select[Any], column: Any, ids: Sequence[uuid.UUID]
+) -> list[Any]:
+    if not ids:
+        return []
+    rows: list[Any] = []
+    for condition in _any(column, ids, session.get_bind().dialect.name):
+        rows.extend((await session.execute(stmt.where(condition))).all())
+    return rows
+
+
+async def finished_downstream(session: AsyncSession, start: uuid.UUID) -> list[Any]:
+    """(id, lot_number, code, gtin, status, remaining_qty, uom) of finished lots reached."""
+    return list((await session.execute(finished_downstream_stmt(start))).all())
+
+
+async def serial_counts(session: AsyncSession, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
     serial: Any = SerialUnit.__table__  # type: ignore[attr-defined]
-    finished = (
-        select(
-            LOT.c.id,
-            LOT.c.lot_number,
-            MATERIAL.c.code,
-            MATERIAL.c.gtin,
-            LOT.c.status,
-            LOT.c.remaining_qty,
-            LOT.c.uom,
-        )
-        .select_from(
-            reached.join(LOT, LOT.c.id == reached.c.lot_id).join(
-                MATERIAL, MATERIAL.c.id == LOT.c.material_id
-            )
-        )
-        .where(MATERIAL.c.gtin.is_not(None))
-        .cte("finished")
+    stmt = select(serial.c.lot_id, func.count()).group_by(serial.c.lot_id)
+    return {row[0]: int(row[1]) for row in await _rows_for(session, stmt, serial.c.lot_id, ids)}
+
+
+async def load_numbers(session: AsyncSession, ids: Sequence[uuid.UUID]) -> set[str]:
+    stmt = (
+        select(LOAD.c.load_no)
+        .select_from(LOAD_ITEM.join(LOAD, LOAD.c.id == LOAD_ITEM.c.load_id))
+        .distinct()
     )
-    null_text = literal(None, String())
-    serial_count = (
-        select(func.count())
-        .select_from(serial)
-        .where(serial.c.lot_id == finished.c.id)
-        .scalar_subquery()
+    return {row[0] for row in await _rows_for(session, stmt, LOAD_ITEM.c.lot_id, ids)}
+
+
+async def shipments(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[Any]:
+    """(lot_id, consignee, quantity, uom, at) of shipments of the given lots."""
+    # A literal (not a bound parameter), so the planner can use the partial shipments index.
+    stmt = select(TX.c.lot_id, TX.c.consignee, TX.c.quantity, TX.c.uom, TX.c.at).where(
+        TX.c.kind == literal_column(f"'{TransactionKind.shipped.value}'")
     )
-    lots_part = select(
-        literal("lot").label("row_kind"),
-        finished.c.id,
-        finished.c.lot_number,
-        finished.c.code,
-        finished.c.gtin,
-        finished.c.status,
-        finished.c.remaining_qty,
-        finished.c.uom,
-        serial_count.label("serials"),
-        null_text.label("load_no"),
-        null_text.label("consignee"),
-        literal(None, UTCDateTime()).label("at"),
-    )
-    loads_part = select(
-        literal("load"),
-        LOAD_ITEM.c.lot_id,
-        null_text,
-        null_text,
-        null_text,
-        null_text,
-        literal(None, ExactDecimal()),
-        null_text,
-        literal(None, Integer()),
-        LOAD.c.load_no,
-        null_text,
-        literal(None, UTCDateTime()),
-    ).select_from(
-        finished.join(LOAD_ITEM, LOAD_ITEM.c.lot_id == finished.c.id).join(
-            LOAD, LOAD.c.id == LOAD_ITEM.c.load_id
-        )
-    )
-    ships_part = (
-        select(
-            literal("ship"),
-            TX.c.lot_id,
-            null_text,
-            null_text,
-            null_text,
-            null_text,
-            TX.c.quantity,
-            TX.c.uom,
-            literal(None, Integer()),
-            null_text,
-            TX.c.consignee,
-            TX.c.at,
-        )
-        .select_from(finished.join(TX, TX.c.lot_id == finished.c.id))
-        .where(TX.c.kind == TransactionKind.shipped.value)
-    )
-    stmt = union_all(lots_part, loads_part, ships_part)
-    return [RecallRow(*row) for row in (await session.execute(stmt)).all()]
+    return await _rows_for(session, stmt, TX.c.lot_id, ids)

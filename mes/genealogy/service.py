@@ -303,38 +303,22 @@ async def merge(
 
 
 async def trace(session: AsyncSession, lot: Lot, direction: Direction, max_depth: int) -> Trace:
-    """Backward (where from, TR-2) or forward (where used, TR-3) genealogy of a lot, from one
-    recursive statement. Walking one level past the cap tells whether the cap cut anything."""
-    rows = await repo.walk(session, lot.id, direction, max_depth + 1)
-    depth: dict[uuid.UUID, int] = {}
-    info: dict[uuid.UUID, repo.WalkRow] = {}
+    """Backward (where from, TR-2) or forward (where used, TR-3) genealogy of a lot: the
+    reached lots from the recursive query, then the edges among them. Walking one level past
+    the cap tells whether the cap cut anything off."""
+    rows = await repo.trace_nodes(session, lot.id, direction, max_depth + 1)
+    info: dict[uuid.UUID, repo.NodeRow] = {}
     loads: dict[uuid.UUID, set[str]] = defaultdict(set)
     limited = False
     for row in rows:
         if row.depth > max_depth:
             limited = True
             continue
-        if row.lot_id not in depth or row.depth < depth[row.lot_id]:
-            depth[row.lot_id] = row.depth
-            info[row.lot_id] = row
+        info[row.lot_id] = row
         if row.load_no is not None:
             loads[row.lot_id].add(row.load_no)
-    edges: dict[tuple[uuid.UUID, uuid.UUID, uuid.UUID], TraceEdge] = {}
-    for row in rows:
-        if row.depth > max_depth or row.parent_lot_id is None or row.child_lot_id is None:
-            continue
-        key = (row.parent_lot_id, row.child_lot_id, row.execution_id or row.lot_id)
-        if key not in edges:
-            edges[key] = _build(
-                TraceEdge,
-                parent=info[row.parent_lot_id].lot_number,
-                child=info[row.child_lot_id].lot_number,
-                kind=row.edge_kind,
-                quantity=row.edge_quantity,
-                uom=row.edge_uom,
-                execution_id=row.execution_id,
-            )
-    ordered = sorted(info.values(), key=lambda r: (depth[r.lot_id], r.lot_number))
+    edges = await repo.edges_among(session, list(info))
+    ordered = sorted(info.values(), key=lambda r: (r.depth, r.lot_number))
     root = info[lot.id]
     return Trace.model_construct(
         lot_number=root.lot_number,
@@ -343,19 +327,34 @@ async def trace(session: AsyncSession, lot: Lot, direction: Direction, max_depth
         max_depth=max_depth,
         depth_limited=limited,
         nodes=[
-            TraceNode.model_construct(
+            _build(
+                TraceNode,
                 lot_number=n.lot_number,
                 material_code=n.material_code,
                 material_kind=n.material_kind,
                 status=n.status,
                 quantity=n.quantity,
                 uom=n.uom,
-                depth=depth[n.lot_id],
+                depth=n.depth,
                 loads=sorted(loads.get(n.lot_id, ())),
             )
             for n in ordered
         ],
-        edges=sorted(edges.values(), key=lambda e: (e.parent, e.child)),
+        edges=sorted(
+            (
+                _build(
+                    TraceEdge,
+                    parent=info[e.parent_lot_id].lot_number,
+                    child=info[e.child_lot_id].lot_number,
+                    kind=e.kind,
+                    quantity=e.quantity,
+                    uom=e.uom,
+                    execution_id=e.execution_id,
+                )
+                for e in edges
+            ),
+            key=lambda e: (e.parent, e.child),
+        ),
     )
 
 
@@ -367,47 +366,43 @@ async def recall_impact(session: AsyncSession, lot: Lot) -> RecallImpact:
     if session.get_bind().dialect.name == "postgresql":
         # A recall walks and joins 100k+ rows: sort and hash in memory, not on disk.
         await session.execute(text("SET LOCAL work_mem = '64MB'"))
-    rows = await repo.recall_rows(session, lot.id)
-    finished = [r for r in rows if r.row_kind == "lot"]
-    numbers = {r.lot_id: r.lot_number for r in finished}
+    finished = await repo.finished_downstream(session, lot.id)
+    ids = [row[0] for row in finished]
+    numbers = {row[0]: row[1] for row in finished}
+    serials = await repo.serial_counts(session, ids)
+    loads = await repo.load_numbers(session, ids)
+    shipments = await repo.shipments(session, ids)
     return RecallImpact.model_construct(
         suspect_lot=lot.lot_number,
         material_code=m.code,
         finished_lots=[
             _build(
                 ImpactedLot,
-                lot_number=r.lot_number,
-                material_code=r.material_code,
-                gtin=r.gtin,
-                status=r.status,
-                quantity=r.quantity,
-                uom=r.uom,
-                serials=r.serials or 0,
+                lot_number=number,
+                material_code=code,
+                gtin=gtin,
+                status=status,
+                quantity=qty,
+                uom=uom,
+                serials=serials.get(ident, 0),
             )
-            for r in sorted(finished, key=lambda r: r.lot_number or "")
+            for ident, number, code, gtin, status, qty, uom in sorted(finished, key=lambda r: r[1])
         ],
         finished_lot_count=len(finished),
-        serial_count=sum(r.serials or 0 for r in finished),
-        loads=sorted({r.load_no for r in rows if r.row_kind == "load" and r.load_no}),
+        serial_count=sum(serials.values()),
+        loads=sorted(loads),
         shipments=[
             _build(
                 Shipment,
-                lot_number=numbers[r.lot_id],
-                consignee=r.consignee,
-                quantity=-(r.quantity or 0),
-                uom=r.uom,
-                at=r.at,
+                lot_number=numbers[lot_id],
+                consignee=consignee,
+                quantity=-qty,
+                uom=uom,
+                at=at,
             )
-            for r in sorted((r for r in rows if r.row_kind == "ship"), key=lambda r: r.at)
+            for lot_id, consignee, qty, uom, at in sorted(shipments, key=lambda r: r[4])
         ],
     )
-
-
-async def _lot_numbers(session: AsyncSession, ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
-    if not ids:
-        return {}
-    rows = await session.execute(select(Lot.id, Lot.lot_number).where(col(Lot.id).in_(ids)))
-    return {row.id: row.lot_number for row in rows}
 
 
 async def mass_balance(session: AsyncSession, lot: Lot) -> MassBalance:

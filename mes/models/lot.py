@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, String, UniqueConstraint
+from sqlalchemy import JSON, Index, String, UniqueConstraint, text
 from sqlmodel import Column, Field, SQLModel
 
 from mes.clock import utc_now
@@ -71,7 +71,10 @@ class Lot(VersionedRecord, table=True):
     """One lot of one material definition: lot number unique per definition."""
 
     __tablename__ = "lot"
-    __table_args__ = (UniqueConstraint("material_id", "lot_number"),)
+    __table_args__ = (
+        UniqueConstraint("material_id", "lot_number"),
+        Index("ix_lot_id_material_id", "id", "material_id"),
+    )
 
     lot_number: str = Field(max_length=20, index=True)
     material_id: uuid.UUID = Field(foreign_key="material_definition.id", index=True)
@@ -121,6 +124,15 @@ class MaterialTransaction(SQLModel, table=True):
     production add, consumption, samples, scrap and shipments subtract."""
 
     __tablename__ = "material_transaction"
+    # Recall impact looks up shipments of 100k+ lots: a small index of shipments only.
+    __table_args__ = (
+        Index(
+            "ix_material_transaction_shipped_lot_id",
+            "lot_id",
+            postgresql_where=text("kind = 'shipped'"),
+            sqlite_where=text("kind = 'shipped'"),
+        ),
+    )
 
     seq: int | None = Field(default=None, sa_column=seq_column())
     id: uuid.UUID = Field(default_factory=uuid7, unique=True)
@@ -161,10 +173,15 @@ class GenealogyEdge(SQLModel, table=True):
     """Parent lot -> child lot, recorded when the work happens (never inferred later)."""
 
     __tablename__ = "genealogy_edge"
+    # Both directions of a walk read only the index (no heap fetch per edge).
+    __table_args__ = (
+        Index("ix_genealogy_edge_parent_lot_id", "parent_lot_id", "child_lot_id"),
+        Index("ix_genealogy_edge_child_lot_id", "child_lot_id", "parent_lot_id"),
+    )
 
     id: uuid.UUID = id_field()
-    parent_lot_id: uuid.UUID = Field(foreign_key="lot.id", index=True)
-    child_lot_id: uuid.UUID = Field(foreign_key="lot.id", index=True)
+    parent_lot_id: uuid.UUID = Field(foreign_key="lot.id")
+    child_lot_id: uuid.UUID = Field(foreign_key="lot.id")
     kind: EdgeKind = Field(max_length=20, sa_type=String(20))
     quantity: Decimal = Field(sa_type=QTY)
     uom: str = Field(max_length=20)
