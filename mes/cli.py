@@ -21,6 +21,7 @@ from mes.context import AppContext
 from mes.db import database_url_for_display
 from mes.demo import seed_history
 from mes.errors import MesError
+from mes.identity import keys
 from mes.identity import service as identity
 from mes.identity.schemas import ApiKeyCreate, UserCreate
 from mes.migrate import current_revision, head_revision, upgrade
@@ -287,7 +288,7 @@ def keys_create(
     async def work(ctx: AppContext) -> str:
         await upgrade(ctx.db.engine)
         async with ctx.db.sessionmaker() as session, session.begin():
-            issued = await identity.create_api_key(
+            issued = await keys.create_api_key(
                 ctx, session, system_principal(f"cli:{_os_user()}"), data
             )
             return issued.api_key

@@ -10,7 +10,7 @@ from mes.context import AppContext
 from mes.genealogy import service as genealogy
 from mes.genealogy.schemas import InputLot, ProduceRequest
 from mes.identity import service as identity
-from mes.lot import ledger
+from mes.lot import containers, ledger
 from mes.lot import service as lots
 from mes.lot.schemas import LoadCreate, LotReceive, LotRef, TransactionRequest
 from mes.models import LotStatus, SignatureMeaning, TransactionKind
@@ -105,10 +105,10 @@ async def seed_history(ctx: AppContext, password: str) -> bool:
             )
             await release(number)
         suture = await lots.get_lot(session, "SUT-2611-01", lock=True)
-        await ledger.add_serials(
+        await containers.add_serials(
             ctx, session, system, suture, [f"SN{n:05d}" for n in range(1, 11)], "demo serials"
         )
-        await ledger.create_load(
+        await containers.create_load(
             ctx,
             session,
             system,

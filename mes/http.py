@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -298,7 +297,6 @@ async def idempotent(
     principal: Principal,
     key: str | None,
     body: BaseModel | None,
-    ttl: timedelta,
     create: Callable[[], Awaitable[CreateResult]],
 ) -> JSONResponse:
     """Run ``create`` once per (principal, path, key); replay its stored response after.
@@ -312,6 +310,7 @@ async def idempotent(
     if not key.strip():
         raise BadRequest("Idempotency-Key must not be blank", field="header.Idempotency-Key")
     ctx = get_context(request)
+    ttl = ctx.settings.idempotency_ttl
     path = request.url.path
     fingerprint = _fingerprint(request.method, path, body)
     now = ctx.clock.now()

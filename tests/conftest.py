@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from mes.app import create_app
 from mes.context import AppContext
 from mes.db import create_engine
+from mes.identity import keys
 from mes.identity import service as identity
 from mes.identity.schemas import ApiKeyCreate, UserCreate
 from mes.migrate import upgrade
@@ -213,7 +214,7 @@ async def actors(ctx: AppContext, client: httpx.AsyncClient) -> Actors:
         await create_user(ctx, role, [Role(role)], full_name=f"{role.title()} Person")
         headers[role] = await login(client, role)
     async with ctx.db.sessionmaker() as session, session.begin():
-        issued = await identity.create_api_key(
+        issued = await keys.create_api_key(
             ctx,
             session,
             system_principal("test"),

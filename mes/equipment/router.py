@@ -97,7 +97,6 @@ async def create_equipment(
         principal=principal,
         key=idempotency_key,
         body=body,
-        ttl=ctx.settings.idempotency_ttl,
         create=create,
     )
 
@@ -206,7 +205,6 @@ async def create_equipment_class(
         principal=principal,
         key=idempotency_key,
         body=body,
-        ttl=ctx.settings.idempotency_ttl,
         create=create,
     )
 

@@ -11,7 +11,7 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 
 from mes.errors import Forbidden, NotAuthenticated
 from mes.http import SessionDep, get_context
-from mes.identity import service
+from mes.identity import keys, service
 from mes.models import HUMAN_ROLES, Role
 from mes.principal import Principal, PrincipalKind
 from mes.routes import api_routes
@@ -42,7 +42,7 @@ async def current_principal(
     if token:
         return await service.principal_from_token(ctx, session, token)
     if api_key:
-        return await service.principal_from_api_key(ctx, session, api_key, client_ip(request))
+        return await keys.principal_from_api_key(ctx, session, api_key, client_ip(request))
     raise NotAuthenticated()
 
 

@@ -20,7 +20,7 @@ from mes.http import (
     etag,
     idempotent,
 )
-from mes.identity import service
+from mes.identity import keys, service
 from mes.identity.deps import ANY_HUMAN, ANYONE, Allow, client_ip
 from mes.identity.schemas import (
     ApiKeyCreate,
@@ -155,7 +155,6 @@ async def create_user(
         principal=principal,
         key=idempotency_key,
         body=body,
-        ttl=ctx.settings.idempotency_ttl,
         create=create,
     )
 
@@ -277,7 +276,7 @@ async def list_api_keys(
     session: SessionDep, _: AdminDep, cursor: CursorQuery = None, limit: LimitQuery = 50
 ) -> ApiKeyList:
     """Machine keys (never their secrets)."""
-    items, last = await service.list_api_keys(session, after=decode_str_cursor(cursor), limit=limit)
+    items, last = await keys.list_api_keys(session, after=decode_str_cursor(cursor), limit=limit)
     return ApiKeyList(items=items, next_cursor=encode_cursor(last) if last else None)
 
 
@@ -299,7 +298,7 @@ async def create_api_key(
         )
 
     async def create() -> tuple[int, ApiKeyIssued, dict[str, str]]:
-        issued = await service.create_api_key(ctx, session, principal, body)
+        issued = await keys.create_api_key(ctx, session, principal, body)
         return (
             201,
             issued,
@@ -312,7 +311,6 @@ async def create_api_key(
         principal=principal,
         key=None,
         body=body,
-        ttl=ctx.settings.idempotency_ttl,
         create=create,
     )
 
@@ -322,9 +320,9 @@ async def get_api_key(
     name: str, session: SessionDep, _: AdminDep, response: Response
 ) -> ApiKeyPublic:
     """One machine key."""
-    key = await service.get_api_key(session, name)
+    key = await keys.get_api_key(session, name)
     response.headers["ETag"] = etag(key.version)
-    return service.api_key_public(key)
+    return keys.api_key_public(key)
 
 
 @router.post("/api-keys/{name}/revoke", response_model=ApiKeyPublic)
@@ -338,6 +336,6 @@ async def revoke_api_key(
     response: Response,
 ) -> ApiKeyPublic:
     """Revoke a machine key; it is refused from the next request on."""
-    key = await service.revoke_api_key(ctx, session, principal, name, body.reason, version)
+    key = await keys.revoke_api_key(ctx, session, principal, name, body.reason, version)
     response.headers["ETag"] = etag(key.version)
-    return service.api_key_public(key)
+    return keys.api_key_public(key)

@@ -35,7 +35,7 @@ from mes.http import (
     idempotent,
 )
 from mes.identity.deps import ANY_HUMAN, Allow
-from mes.lot import ledger
+from mes.lot import containers, ledger
 from mes.lot import service as lots
 from mes.lot.schemas import (
     LoadCreate,
@@ -75,6 +75,18 @@ async def _lot(
     session: SessionDep, lot_number: str, material: str | None, lock: bool = False
 ) -> Lot:
     return await lots.get_lot(session, lot_number, material, lock=lock)
+
+
+def _created(
+    execution_id: uuid.UUID, inputs: list[Lot], output: Lot
+) -> tuple[int, ExecutionResult, dict[str, str]]:
+    """The 201 answer of an execution that made one new lot."""
+    result = ExecutionResult(
+        execution_id=execution_id,
+        consumed=[x.lot_number for x in inputs],
+        produced=[output.lot_number],
+    )
+    return 201, result, {"Location": f"/api/v1/lots/{output.id}"}
 
 
 def _etag(response: Response, lot: Lot) -> None:
@@ -126,7 +138,6 @@ async def receive_lot(
         principal=principal,
         key=idempotency_key,
         body=body,
-        ttl=ctx.settings.idempotency_ttl,
         create=create,
     )
 
@@ -144,16 +155,7 @@ async def produce_lot(
     and link them in the genealogy (TR-1, ID-1)."""
 
     async def create() -> tuple[int, ExecutionResult, dict[str, str]]:
-        execution_id, inputs, output = await genealogy.produce(ctx, session, principal, body)
-        return (
-            201,
-            ExecutionResult(
-                execution_id=execution_id,
-                consumed=[x.lot_number for x in inputs],
-                produced=[output.lot_number],
-            ),
-            {"Location": f"/api/v1/lots/{output.id}"},
-        )
+        return _created(*await genealogy.produce(ctx, session, principal, body))
 
     return await idempotent(
         request=request,
@@ -161,7 +163,6 @@ async def produce_lot(
         principal=principal,
         key=idempotency_key,
         body=body,
-        ttl=ctx.settings.idempotency_ttl,
         create=create,
     )
 
@@ -178,16 +179,7 @@ async def merge_lots(
     """Blend lots of one material into a new lot (released only if every input was)."""
 
     async def create() -> tuple[int, ExecutionResult, dict[str, str]]:
-        execution_id, inputs, output = await genealogy.merge(ctx, session, principal, body)
-        return (
-            201,
-            ExecutionResult(
-                execution_id=execution_id,
-                consumed=[x.lot_number for x in inputs],
-                produced=[output.lot_number],
-            ),
-            {"Location": f"/api/v1/lots/{output.id}"},
-        )
+        return _created(*await genealogy.merge(ctx, session, principal, body))
 
     return await idempotent(
         request=request,
@@ -195,7 +187,6 @@ async def merge_lots(
         principal=principal,
         key=idempotency_key,
         body=body,
-        ttl=ctx.settings.idempotency_ttl,
         create=create,
     )
 
@@ -295,7 +286,7 @@ async def list_sublots(
     lot_number: str, session: SessionDep, _: Reader, material_code: MaterialQuery = None
 ) -> list[SublotPublic]:
     """Containers of a lot."""
-    return await ledger.list_sublots(session, await _lot(session, lot_number, material_code))
+    return await containers.list_sublots(session, await _lot(session, lot_number, material_code))
 
 
 @router.post("/lots/{lot_number}/sublots", status_code=201, response_model=SublotPublic)
@@ -309,7 +300,7 @@ async def create_sublot(
 ) -> SublotPublic:
     """Register a container (drum, bobbin, tray) of a lot."""
     lot = await _lot(session, lot_number, material_code, lock=True)
-    sub = await ledger.create_sublot(ctx, session, principal, lot, body)
+    sub = await containers.create_sublot(ctx, session, principal, lot, body)
     return SublotPublic(
         code=sub.code,
         lot_number=lot.lot_number,
@@ -331,7 +322,7 @@ async def list_serials(
 ) -> SerialList:
     """Serial units of a lot."""
     lot = await _lot(session, lot_number, material_code)
-    items, last = await ledger.list_serials(
+    items, last = await containers.list_serials(
         session, lot, after=decode_str_cursor(cursor), limit=limit
     )
     return SerialList(items=items, next_cursor=encode_cursor(last) if last else None)
@@ -348,7 +339,7 @@ async def add_serials(
 ) -> list[SerialPublic]:
     """Assign serials to units of a lot; GTIN + serial is unique (409 on a duplicate, UDI-2)."""
     lot = await _lot(session, lot_number, material_code, lock=True)
-    units = await ledger.add_serials(ctx, session, principal, lot, body.serials, body.reason)
+    units = await containers.add_serials(ctx, session, principal, lot, body.serials, body.reason)
     return [
         SerialPublic(
             gtin=u.gtin, serial=u.serial, lot_number=lot.lot_number, created_at=u.created_at
@@ -416,7 +407,7 @@ async def create_load(
     body: LoadCreate, principal: Stores, ctx: ContextDep, session: SessionDep
 ) -> LoadPublic:
     """Build a sterilization load from lots (lot -> load and load -> lot links, TR-5)."""
-    load, members = await ledger.create_load(ctx, session, principal, body)
+    load, members = await containers.create_load(ctx, session, principal, body)
     return LoadPublic(
         load_no=load.load_no,
         sterilizer_code=body.sterilizer_code,
@@ -430,7 +421,7 @@ async def create_load(
 @router.get("/sterilization-loads/{load_no}", response_model=LoadPublic)
 async def get_load(load_no: str, session: SessionDep, _: Reader) -> LoadPublic:
     """A sterilization load and the lots in it (TR-5)."""
-    load, sterilizer_code, members = await ledger.get_load(session, load_no)
+    load, sterilizer_code, members = await containers.get_load(session, load_no)
     return LoadPublic(
         load_no=load.load_no,
         sterilizer_code=sterilizer_code,
@@ -451,7 +442,7 @@ async def _label(
             f"material {m.code} has no GTIN (UDI-DI); its lots carry no UDI", rule="UDI-1"
         )
     if serial is not None:
-        found = await ledger.find_serial(session, lot, serial)
+        found = await containers.find_serial(session, lot, serial)
         if found is None:
             raise NotFound(f"serial {serial!r} is not a unit of lot {lot.lot_number}")
     try:

@@ -94,6 +94,24 @@ def consumption_problem(
     return None
 
 
+def status_after_movement(
+    kind: TransactionKind, status: LotStatus, remaining: Decimal, *, is_reversal: bool
+) -> tuple[LotStatus, str] | None:
+    """The system transition a movement causes (DOMAIN 3.3), as (status, reason), or None:
+    released -> consumed at zero, released -> shipped when all shipped, and back to released
+    when a reversal refills a lot that such a movement had emptied."""
+    if is_reversal:
+        if remaining > 0 and status in (S.consumed, S.shipped):
+            return S.released, "reversal refilled the lot"
+        return None
+    if remaining == 0 and status == S.released:
+        if kind == TransactionKind.consumed:
+            return S.consumed, "quantity reached zero"
+        if kind == TransactionKind.shipped:
+            return S.shipped, "fully shipped"
+    return None
+
+
 def remaining_after(remaining: Decimal, delta: Decimal) -> Decimal | None:
     """TR-4: the new remaining quantity, or None when it would go below zero."""
     result = remaining + delta

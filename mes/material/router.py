@@ -70,7 +70,6 @@ async def create_material(
         principal=principal,
         key=idempotency_key,
         body=body,
-        ttl=ctx.settings.idempotency_ttl,
         create=create,
     )
 

@@ -12,7 +12,7 @@ from mes.context import AppContext
 from mes.genealogy import service as genealogy
 from mes.genealogy.repository import Direction
 from mes.genealogy.schemas import MergeRequest, ProduceRequest, SplitRequest
-from mes.lot import ledger
+from mes.lot import containers, ledger
 from mes.lot import service as lots
 from mes.lot.schemas import LoadCreate, LotReceive, TransactionRequest
 from mes.material import service as materials
@@ -214,7 +214,7 @@ async def history(ctx: AppContext) -> AppContext:
                 equipment_class="EO",
             ),
         )
-        await ledger.create_load(
+        await containers.create_load(
             ctx,
             s,
             ME,

@@ -21,6 +21,7 @@ from mes.lot.rules import (
     UnitMismatch,
     consumption_problem,
     remaining_after,
+    status_after_movement,
     to_lot_unit,
     transition_for,
 )
@@ -327,3 +328,28 @@ def test_incompatible_units_raise_unit_mismatch(entered: str, lot_uom: str) -> N
     assert entered in str(info.value)
     assert lot_uom in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "remaining", "is_reversal", "expected"),
+    [
+        (TransactionKind.consumed, LotStatus.released, Decimal(0), False, LotStatus.consumed),
+        (TransactionKind.consumed, LotStatus.released, Decimal(1), False, None),
+        (TransactionKind.shipped, LotStatus.released, Decimal(0), False, LotStatus.shipped),
+        (TransactionKind.consumed, LotStatus.quarantine, Decimal(0), False, None),
+        (TransactionKind.scrapped, LotStatus.released, Decimal(0), False, None),
+        (TransactionKind.consumed, LotStatus.consumed, Decimal(5), True, LotStatus.released),
+        (TransactionKind.shipped, LotStatus.shipped, Decimal(5), True, LotStatus.released),
+        (TransactionKind.consumed, LotStatus.released, Decimal(5), True, None),
+    ],
+)
+def test_status_after_movement(
+    kind: TransactionKind,
+    status: LotStatus,
+    remaining: Decimal,
+    is_reversal: bool,
+    expected: LotStatus | None,
+) -> None:
+    """DOMAIN 3.3 system transitions: released -> consumed/shipped at zero, and back."""
+    result = status_after_movement(kind, status, remaining, is_reversal=is_reversal)
+    assert (result[0] if result else None) == expected
