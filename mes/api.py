@@ -12,6 +12,7 @@ from mes.lot import router as lot
 from mes.material import router as material
 from mes.signature import router as signature
 from mes.udi import router as udi
+from mes.work import router as work
 
 API_PREFIX = "/api/v1"
 
@@ -26,4 +27,5 @@ def build_api_router() -> APIRouter:
     api.include_router(udi.router)
     api.include_router(audit.router)
     api.include_router(signature.router)
+    api.include_router(work.router)
     return api

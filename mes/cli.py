@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 import mes
 from mes.context import AppContext
 from mes.db import database_url_for_display
-from mes.demo import seed_history
+from mes.demo import seed_history, seed_work
 from mes.errors import MesError
 from mes.identity import keys
 from mes.identity import service as identity
@@ -172,6 +172,12 @@ def demo(
                     )
         if await seed_history(ctx, DEMO_PASSWORD):
             console.print("demo history: GA-2611-01 ... SUT-2611-01 (load EO-2611-014, shipped)")
+        if await seed_work(ctx, DEMO_PASSWORD, settings.work_masters_file):
+            console.print(
+                "demo work: masters from "
+                f"{settings.work_masters_file}, orders WO-2611-101/102/201 released, "
+                "pilot batch WO-2611-P01"
+            )
 
     try:
         _run(settings, prepare)

@@ -72,6 +72,8 @@ class MesSettings(BaseSettings):
     var_dir: Path = Path("var")
     config_dir: Path = DEFAULT_CONFIG_DIR
     plant_file: Path = Path("config/plant.yaml")
+    # Routings and master recipes the demo creates (and QA approves where marked).
+    work_masters_file: Path = Path("config/work_masters.yaml")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"
@@ -94,6 +96,10 @@ class MesSettings(BaseSettings):
     lockout_threshold: int = Field(default=5, ge=1, le=20)
     password_min_length: int = Field(default=12, ge=8, le=128)
     password_hashing: Literal["standard", "test-cheap"] = "standard"
+
+    # Sites whose equipment may run pilot batches on draft work masters (the R&D and pilot
+    # center).
+    pilot_sites: tuple[str, ...] = ("RDC",)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     idempotency_ttl: timedelta = timedelta(hours=24)

@@ -7,7 +7,7 @@ an e-signed QA decision bound to the equipment version it approves (ES-3).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -64,6 +64,29 @@ CLASS_FIELDS = ("code", "name", "description")
 
 
 # --- lookups -------------------------------------------------------------------------------------
+
+
+StatusListener = Callable[[AppContext, AsyncSession, Principal, Equipment, str], Awaitable[object]]
+_LISTENERS: dict[EquipmentStatus, list[StatusListener]] = {}
+
+
+def on_status_change(target: EquipmentStatus, listener: StatusListener) -> None:
+    """Call ``listener`` in the same transaction whenever a unit enters ``target`` (a unit going
+    down marks its scheduled operations for rescheduling)."""
+    _LISTENERS.setdefault(target, []).append(listener)
+
+
+def usability(eq: Equipment, now: datetime) -> list[str]:
+    """PROC-3: why the unit may not be used for production now (empty when usable)."""
+    return rules.usability_problems(
+        level=EquipmentLevel(eq.level),
+        status=EquipmentStatus(eq.status) if eq.status else None,
+        is_active=eq.is_active,
+        qualified_until=eq.qualified_until,
+        calibration_due_at=eq.calibration_due_at,
+        maintenance_due_at=eq.maintenance_due_at,
+        now=now,
+    )
 
 
 async def find(session: AsyncSession, code: str, *, lock: bool = False) -> Equipment | None:
@@ -158,15 +181,7 @@ async def view(session: AsyncSession, eq: Equipment) -> dict[str, Any]:
 
 
 def _public(eq: Equipment, content: Mapping[str, Any], now: datetime) -> EquipmentPublic:
-    problems = rules.usability_problems(
-        level=EquipmentLevel(eq.level),
-        status=EquipmentStatus(eq.status) if eq.status else None,
-        is_active=eq.is_active,
-        qualified_until=eq.qualified_until,
-        calibration_due_at=eq.calibration_due_at,
-        maintenance_due_at=eq.maintenance_due_at,
-        now=now,
-    )
+    problems = usability(eq, now)
     return EquipmentPublic(
         **content,
         is_usable=EquipmentLevel(eq.level) == EquipmentLevel.unit and not problems,
@@ -517,6 +532,8 @@ async def change_status(
         fields=("status",),
         reason=reason,
     )
+    for listener in _LISTENERS.get(target, []):
+        await listener(ctx, session, principal, eq, reason)
     return eq
 
 

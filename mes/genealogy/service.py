@@ -475,3 +475,16 @@ def _per_unit(lines: list[BalanceLine]) -> dict[str, Decimal]:
     for line in lines:
         out[line.uom] += line.quantity
     return dict(out)
+
+
+async def record_edge(
+    session: AsyncSession,
+    parent: Lot,
+    child: Lot,
+    kind: EdgeKind,
+    quantity: Decimal,
+    execution_id: uuid.UUID,
+    at: datetime,
+) -> None:
+    """An edge recorded by the execution of a work order, in its transaction (TR-1)."""
+    await _edge(session, parent, child, kind, quantity, execution_id, at)

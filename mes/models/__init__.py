@@ -34,6 +34,21 @@ from mes.models.lot import (
     TransactionKind,
 )
 from mes.models.material import MaterialDefinition, MaterialKind
+from mes.models.work import (
+    CheckResult,
+    Deviation,
+    DeviationStatus,
+    Operation,
+    OperationExecution,
+    OperationStatus,
+    ParameterValue,
+    Qualification,
+    WorkMaster,
+    WorkMasterKind,
+    WorkMasterStatus,
+    WorkOrder,
+    WorkOrderStatus,
+)
 
 __all__ = [
     "HUMAN_ROLES",
@@ -43,6 +58,9 @@ __all__ = [
     "AuthEvent",
     "AuthEventKind",
     "AuthSession",
+    "CheckResult",
+    "Deviation",
+    "DeviationStatus",
     "ESignature",
     "EdgeKind",
     "Equipment",
@@ -60,6 +78,11 @@ __all__ = [
     "MaterialDefinition",
     "MaterialKind",
     "MaterialTransaction",
+    "Operation",
+    "OperationExecution",
+    "OperationStatus",
+    "ParameterValue",
+    "Qualification",
     "Role",
     "RoleAssignment",
     "ScanEvent",
@@ -71,4 +94,9 @@ __all__ = [
     "UTCDateTime",
     "UserStatus",
     "VersionedRecord",
+    "WorkMaster",
+    "WorkMasterKind",
+    "WorkMasterStatus",
+    "WorkOrder",
+    "WorkOrderStatus",
 ]

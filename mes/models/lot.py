@@ -91,6 +91,8 @@ class Lot(VersionedRecord, table=True):
     expires_at: datetime | None = utc_field(default=None)
     retest_at: datetime | None = utc_field(default=None)
     execution_id: uuid.UUID | None = Field(default=None, index=True)
+    # Output of a pilot batch on a draft work master: never released for distribution.
+    is_pilot: bool = False
 
 
 class Sublot(VersionedRecord, table=True):

@@ -1,0 +1,1 @@
+"""Work masters, work orders and shop-floor execution."""

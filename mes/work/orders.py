@@ -1,0 +1,662 @@
+"""Work orders (DOMAIN 3.1): created by planners from an approved work master version (or,
+as a pilot batch, from a draft), released, held, resumed, cancelled, completed and closed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from mes.audit import service as audit
+from mes.audit.rules import to_jsonable
+from mes.context import AppContext
+from mes.errors import Conflict, Forbidden, InvalidInput, InvalidTransition, NotFound
+from mes.ids import parse_uuid
+from mes.lot import service as lots
+from mes.models import (
+    Deviation,
+    DeviationStatus,
+    Equipment,
+    ESignature,
+    Lot,
+    MaterialDefinition,
+    Operation,
+    OperationExecution,
+    OperationStatus,
+    SignatureMeaning,
+    WorkMaster,
+    WorkMasterStatus,
+    WorkOrder,
+    WorkOrderStatus,
+)
+from mes.principal import Principal
+from mes.records import bump_version, check_version, fetch_page
+from mes.signature import service as signatures
+from mes.work import deviations, masters, rules
+from mes.work.schemas import OperationPublic, SignedAction, WorkOrderCreate, WorkOrderPublic
+
+ORDER_FIELDS = (
+    "number",
+    "status",
+    "quantity",
+    "uom",
+    "lot_number",
+    "priority",
+    "release_at",
+    "due_at",
+    "is_pilot",
+    "good_qty",
+    "scrap_qty",
+    "sampled_qty",
+)
+
+
+def view(order: WorkOrder) -> dict[str, Any]:
+    """The canonical content of an order (what a close signature signs)."""
+    return {
+        "number": order.number,
+        "work_master": f"{order.master_code}/{order.master_revision}",
+        "status": str(order.status),
+        "quantity": order.quantity,
+        "uom": order.uom,
+        "lot_number": order.lot_number,
+        "priority": order.priority,
+        "release_at": order.release_at,
+        "due_at": order.due_at,
+        "is_pilot": order.is_pilot,
+        "good_qty": order.good_qty,
+        "scrap_qty": order.scrap_qty,
+        "sampled_qty": order.sampled_qty,
+    }
+
+
+def op_spec(order: WorkOrder, seq: int) -> dict[str, Any]:
+    for spec in order.snapshot["operations"]:
+        if spec["seq"] == seq:
+            return dict(spec)
+    raise KeyError(seq)  # pragma: no cover - operations are created from the snapshot
+
+
+# --- lookups -------------------------------------------------------------------------------
+
+
+async def get(session: AsyncSession, number: str, *, lock: bool = False) -> WorkOrder:
+    ident = parse_uuid(number)
+    stmt = select(WorkOrder).where(
+        WorkOrder.id == ident if ident is not None else WorkOrder.number == number
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    found = (await session.execute(stmt)).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"work order {number!r} does not exist")
+    return found
+
+
+async def operations_of(
+    session: AsyncSession, order: WorkOrder, *, lock: bool = False
+) -> list[Operation]:
+    stmt = select(Operation).where(Operation.work_order_id == order.id).order_by(col(Operation.seq))
+    if lock:
+        stmt = stmt.with_for_update()
+    return list((await session.execute(stmt)).scalars())
+
+
+async def _codes(session: AsyncSession, ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Equipment.id, Equipment.code).where(col(Equipment.id).in_(wanted))
+    )
+    return {row.id: row.code for row in rows}
+
+
+async def operations_public(
+    session: AsyncSession, pairs: Sequence[tuple[Operation, WorkOrder]]
+) -> list[OperationPublic]:
+    codes = await _codes(
+        session, [x for op, _ in pairs for x in (op.work_center_id, op.equipment_id)]
+    )
+    exec_ids = [op.execution_id for op, _ in pairs if op.execution_id is not None]
+    executions: dict[uuid.UUID, OperationExecution] = {}
+    if exec_ids:
+        rows = await session.execute(
+            select(OperationExecution).where(col(OperationExecution.id).in_(exec_ids))
+        )
+        executions = {e.id: e for e in rows.scalars()}
+    out: list[OperationPublic] = []
+    for op, order in pairs:
+        spec = op_spec(order, op.seq)
+        ex = executions.get(op.execution_id) if op.execution_id else None
+        out.append(
+            OperationPublic(
+                id=op.id,
+                work_order=order.number,
+                seq=op.seq,
+                name=op.name,
+                status=OperationStatus(op.status),
+                work_center_code=codes[op.work_center_id],
+                equipment_code=codes.get(op.equipment_id) if op.equipment_id else None,
+                planned_start=op.planned_start,
+                planned_end=op.planned_end,
+                needs_reschedule=op.needs_reschedule,
+                reschedule_reason=op.reschedule_reason,
+                is_pilot=order.is_pilot,
+                priority=order.priority,
+                due_at=order.due_at,
+                requires_verification=bool(spec.get("requires_verification")),
+                line_clearance_by=op.clearance_by,
+                line_clearance_at=op.clearance_at,
+                started_at=ex.started_at if ex else None,
+                ended_at=ex.ended_at if ex else None,
+                performer=ex.performer if ex else None,
+                verifier=ex.verifier if ex else None,
+                version=op.version,
+            )
+        )
+    return out
+
+
+async def public(session: AsyncSession, order: WorkOrder) -> WorkOrderPublic:
+    ops = await operations_of(session, order)
+    product = await session.get(MaterialDefinition, order.product_id)
+    assert product is not None  # foreign key
+    return WorkOrderPublic(
+        number=order.number,
+        product_code=product.code,
+        work_master_code=order.master_code,
+        work_master_version=order.master_revision,
+        quantity=order.quantity,
+        uom=order.uom,
+        lot_number=order.lot_number,
+        status=WorkOrderStatus(order.status),
+        priority=order.priority,
+        release_at=order.release_at,
+        due_at=order.due_at,
+        pilot=order.is_pilot,
+        good_quantity=order.good_qty,
+        scrap_quantity=order.scrap_qty,
+        sampled_quantity=order.sampled_qty,
+        started_at=order.started_at,
+        completed_at=order.completed_at,
+        closed_at=order.closed_at,
+        operations=await operations_public(session, [(op, order) for op in ops]),
+        version=order.version,
+        created_at=order.created_at,
+        updated_at=order.updated_at,
+    )
+
+
+async def list_orders(
+    session: AsyncSession,
+    *,
+    status: WorkOrderStatus | None,
+    product_code: str | None,
+    pilot: bool | None,
+    after: str | None,
+    limit: int,
+) -> tuple[list[WorkOrder], str | None]:
+    stmt = select(WorkOrder).order_by(col(WorkOrder.number))
+    if status is not None:
+        stmt = stmt.where(WorkOrder.status == status)
+    if pilot is not None:
+        stmt = stmt.where(WorkOrder.is_pilot == pilot)
+    if product_code is not None:
+        stmt = stmt.join(MaterialDefinition, col(MaterialDefinition.id) == WorkOrder.product_id)
+        stmt = stmt.where(MaterialDefinition.code == product_code)
+    if after is not None:
+        stmt = stmt.where(col(WorkOrder.number) > after)
+    rows, more = await fetch_page(session, stmt, limit)
+    return rows, (rows[-1].number if more else None)
+
+
+# --- audit helper --------------------------------------------------------------------------
+
+
+async def transition(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    order: WorkOrder,
+    action: str,
+    reason: str,
+    **changes: Any,
+) -> None:
+    """Move an order by the DOMAIN 3.1 table (409 naming the current state otherwise)."""
+    current = WorkOrderStatus(order.status)
+    target = rules.order_target(action, current)
+    if target is None:
+        raise InvalidTransition(
+            f"work order {order.number} is {current}; it cannot {action}",
+            current_status=str(current),
+        )
+    before = view(order)
+    order.status = target
+    for name, value in changes.items():
+        setattr(order, name, value)
+    bump_version(order, ctx.clock.now())
+    session.add(order)
+    await audit.record_change(
+        session,
+        principal,
+        action=action,
+        entity_type="work_order",
+        entity_id=order.number,
+        entity_version=order.version,
+        old=before,
+        new=view(order),
+        fields=ORDER_FIELDS,
+        reason=reason,
+    )
+
+
+async def set_operation_status(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    op: Operation,
+    order: WorkOrder,
+    action: str,
+    reason: str,
+) -> None:
+    current = OperationStatus(op.status)
+    target = rules.operation_target(action, current)
+    if target is None:
+        raise InvalidTransition(
+            f"operation {order.number}/{op.seq} is {current}; it cannot {action}",
+            current_status=str(current),
+            rule="AC-3",
+        )
+    op.status = target
+    bump_version(op, ctx.clock.now())
+    session.add(op)
+    await audit.record(
+        session,
+        principal,
+        action=f"operation_{action}",
+        entity_type="operation",
+        entity_id=op.id,
+        entity_version=op.version,
+        changes=[
+            {"field": "status", "old": str(current), "new": str(target)},
+            {"field": "work_order", "old": None, "new": order.number},
+            {"field": "seq", "old": None, "new": op.seq},
+        ],
+        reason=reason,
+    )
+
+
+async def advance(
+    ctx: AppContext, session: AsyncSession, principal: Principal, order: WorkOrder
+) -> None:
+    """waiting -> ready for the next operation once every earlier one is done."""
+    for op in await operations_of(session, order, lock=True):
+        status = OperationStatus(op.status)
+        spec = op_spec(order, op.seq)
+        if rules.operation_done(status, bool(spec.get("requires_verification"))):
+            continue
+        if status == OperationStatus.waiting:
+            await set_operation_status(
+                ctx, session, principal, op, order, "ready", "previous operations done"
+            )
+        return
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+async def create(
+    ctx: AppContext, session: AsyncSession, principal: Principal, data: WorkOrderCreate
+) -> WorkOrder:
+    """A draft order with a frozen copy of its work master version and one operation per step.
+    Production orders need an approved version (PROC-1); a pilot batch runs a draft."""
+    if (await session.execute(select(WorkOrder.id).where(WorkOrder.number == data.number))).first():
+        raise Conflict(f"work order {data.number} already exists", field="number")
+    if data.work_master_version is not None:
+        wm = await _master(session, data.work_master_code, data.work_master_version)
+    elif data.pilot:
+        wm = await _latest(session, data.work_master_code, WorkMasterStatus.draft)
+    else:
+        wm = await _latest(session, data.work_master_code, WorkMasterStatus.approved)
+    _check_master_usable(wm, data.pilot, "work_master_version")
+    product = await session.get(MaterialDefinition, wm.product_id)
+    assert product is not None  # foreign key
+    quantity = lots.convert_quantity(data.quantity, data.uom, wm.uom, "uom")
+    lot_number = data.lot_number or data.number
+    if len(lot_number) > 20:
+        raise InvalidInput(
+            "the order number is longer than a lot number may be (20); give lot_number",
+            field="lot_number",
+        )
+    taken = await session.execute(
+        select(Lot.id).where(Lot.material_id == product.id, Lot.lot_number == lot_number)
+    )
+    if taken.first() is not None:
+        raise Conflict(f"lot {lot_number} of {product.code} already exists", field="lot_number")
+    if data.due_at is not None and data.release_at is not None and data.due_at < data.release_at:
+        raise InvalidInput("due_at is before release_at", field="due_at")
+    now = ctx.clock.now()
+    snapshot = to_jsonable(await masters.view(session, wm))
+    order = WorkOrder(
+        number=data.number,
+        work_master_id=wm.id,
+        master_code=wm.code,
+        master_revision=wm.revision,
+        snapshot=snapshot,
+        product_id=product.id,
+        quantity=quantity,
+        uom=wm.uom,
+        lot_number=lot_number,
+        status=WorkOrderStatus.draft,
+        priority=data.priority,
+        release_at=data.release_at,
+        due_at=data.due_at,
+        is_pilot=data.pilot,
+        created_by=principal.username,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(order)
+    await session.flush()
+    for spec in wm.operations:
+        wc = await session.execute(
+            select(Equipment.id).where(Equipment.code == spec["work_center_code"])
+        )
+        session.add(
+            Operation(
+                work_order_id=order.id,
+                seq=spec["seq"],
+                name=spec["name"],
+                work_center_id=wc.scalar_one(),
+                status=OperationStatus.waiting,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+    await session.flush()
+    await audit.record_change(
+        session,
+        principal,
+        action="create",
+        entity_type="work_order",
+        entity_id=order.number,
+        entity_version=order.version,
+        old=None,
+        new=view(order),
+        fields=ORDER_FIELDS,
+        reason=data.reason,
+    )
+    return order
+
+
+async def _master(session: AsyncSession, code: str, revision: int) -> WorkMaster:
+    try:
+        return await masters.get(session, code, revision)
+    except NotFound as exc:
+        raise InvalidInput(exc.detail, field="work_master_version") from exc
+
+
+async def _latest(session: AsyncSession, code: str, status: WorkMasterStatus) -> WorkMaster:
+    stmt = (
+        select(WorkMaster)
+        .where(WorkMaster.code == code, WorkMaster.status == status)
+        .order_by(col(WorkMaster.revision).desc())
+        .limit(1)
+    )
+    found = (await session.execute(stmt)).scalars().first()
+    if found is None:
+        exists = (
+            await session.execute(select(WorkMaster.id).where(WorkMaster.code == code))
+        ).first()
+        if exists is None:
+            raise InvalidInput(f"work master {code!r} does not exist", field="work_master_code")
+        raise Conflict(
+            f"work master {code} has no {status} version",
+            rule="PROC-1",
+            field="work_master_code",
+        )
+    return found
+
+
+def _check_master_usable(wm: WorkMaster, pilot: bool, field: str | None = None) -> None:
+    status = WorkMasterStatus(wm.status)
+    if pilot and status != WorkMasterStatus.draft:
+        raise Conflict(
+            f"work master {wm.code}/{wm.revision} is {status}; pilot batches run draft versions",
+            rule="PROC-1",
+            field=field,
+        )
+    if not pilot and status != WorkMasterStatus.approved:
+        raise Conflict(
+            f"work master {wm.code}/{wm.revision} is {status}; production orders need an "
+            "approved version",
+            rule="PROC-1",
+            field=field,
+        )
+
+
+async def release(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    number: str,
+    expected_version: int,
+    reason: str,
+) -> WorkOrder:
+    order = await get(session, number, lock=True)
+    check_version(order, expected_version, f"work order {order.number}")
+    wm = await session.get(WorkMaster, order.work_master_id)
+    assert wm is not None  # foreign key
+    if WorkOrderStatus(order.status) == WorkOrderStatus.draft:
+        _check_master_usable(wm, order.is_pilot)
+    await transition(ctx, session, principal, order, "release", reason)
+    await advance(ctx, session, principal, order)
+    return order
+
+
+async def cancel(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    number: str,
+    expected_version: int,
+    reason: str,
+) -> WorkOrder:
+    """draft/released -> cancelled while nothing has been executed."""
+    order = await get(session, number, lock=True)
+    check_version(order, expected_version, f"work order {order.number}")
+    await transition(ctx, session, principal, order, "cancel", reason)
+    for op in await operations_of(session, order, lock=True):
+        if op.execution_id is not None:  # pragma: no cover - released orders have not started
+            raise InvalidTransition(f"operation {op.seq} has been executed")
+        op.status = OperationStatus.aborted
+        bump_version(op, ctx.clock.now())
+        session.add(op)
+    return order
+
+
+async def hold(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    number: str,
+    expected_version: int,
+    reason: str,
+) -> WorkOrder:
+    """in_progress -> held: no operation starts or records until QA resumes it."""
+    order = await get(session, number, lock=True)
+    check_version(order, expected_version, f"work order {order.number}")
+    await transition(ctx, session, principal, order, "hold", reason)
+    return order
+
+
+async def resume(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    number: str,
+    expected_version: int,
+    data: SignedAction,
+) -> tuple[WorkOrder, ESignature]:
+    """held -> in_progress: QA signs, once every deviation of the order is dispositioned."""
+    order = await get(session, number, lock=True)
+    check_version(order, expected_version, f"work order {order.number}")
+    if rules.order_target("resume", WorkOrderStatus(order.status)) is None:
+        await transition(ctx, session, principal, order, "resume", data.reason)
+    await _no_open_deviations(session, order, "PROC-2")
+    esig = await _sign(ctx, session, principal, order, WorkOrderStatus.in_progress, data)
+    await transition(ctx, session, principal, order, "resume", data.reason)
+    return order, esig
+
+
+async def complete(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    number: str,
+    expected_version: int,
+    reason: str,
+) -> WorkOrder:
+    """in_progress -> completed when every operation is completed, verified or skipped."""
+    order = await get(session, number, lock=True)
+    check_version(order, expected_version, f"work order {order.number}")
+    if WorkOrderStatus(order.status) == WorkOrderStatus.in_progress:
+        for op in await operations_of(session, order):
+            spec = op_spec(order, op.seq)
+            if not rules.operation_done(
+                OperationStatus(op.status), bool(spec.get("requires_verification"))
+            ):
+                raise InvalidTransition(
+                    f"operation {op.seq} ({op.name}) is {op.status}; every operation must be "
+                    "completed (and verified where required) first",
+                    current_status=str(order.status),
+                )
+    await transition(
+        ctx, session, principal, order, "complete", reason, completed_at=ctx.clock.now()
+    )
+    return order
+
+
+async def close(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    number: str,
+    expected_version: int,
+    data: SignedAction,
+) -> tuple[WorkOrder, ESignature]:
+    """completed -> closed: PR-6 approval of the production record by QA who took no part in
+    the work, with every deviation dispositioned and the quantities reconciled (PR-2)."""
+    order = await get(session, number, lock=True)
+    check_version(order, expected_version, f"work order {order.number}")
+    if rules.order_target("close", WorkOrderStatus(order.status)) is None:
+        await transition(ctx, session, principal, order, "close", data.reason)
+    executions = await session.execute(
+        select(OperationExecution).where(OperationExecution.work_order_id == order.id)
+    )
+    people = {
+        name
+        for ex in executions.scalars()
+        for name in (ex.started_by, ex.performer, ex.verifier)
+        if name is not None
+    }
+    if principal.username in people:
+        raise Forbidden(
+            f"{principal.username} took part in work order {order.number} and cannot approve "
+            "its record",
+            rule="PR-6",
+        )
+    await _no_open_deviations(session, order, "PR-6")
+    wm = await session.get(WorkMaster, order.work_master_id)
+    assert wm is not None  # foreign key
+    problem = rules.reconciliation_problem(
+        order.quantity,
+        order.good_qty,
+        order.scrap_qty,
+        order.sampled_qty,
+        wm.reconciliation_tolerance_pct,
+    )
+    if problem is not None and not await _reconciliation_dispositioned(session, order):
+        await deviations.open_deviation(
+            session,
+            principal,
+            kind="reconciliation",
+            description=f"work order {order.number}: {problem}",
+            now=ctx.clock.now(),
+            work_order=order,
+        )
+        raise Conflict(
+            f"quantities do not reconcile: {problem}; a deviation was opened",
+            rule="PR-2",
+            persist=True,
+        )
+    esig = await _sign(ctx, session, principal, order, WorkOrderStatus.closed, data)
+    await transition(
+        ctx,
+        session,
+        principal,
+        order,
+        "close",
+        data.reason,
+        closed_at=ctx.clock.now(),
+        close_signature_id=esig.id,
+    )
+    return order, esig
+
+
+async def _reconciliation_dispositioned(session: AsyncSession, order: WorkOrder) -> bool:
+    found = await session.execute(
+        select(Deviation.id).where(
+            Deviation.work_order_id == order.id,
+            Deviation.kind == "reconciliation",
+            Deviation.status == DeviationStatus.closed,
+        )
+    )
+    return found.first() is not None
+
+
+async def _no_open_deviations(session: AsyncSession, order: WorkOrder, rule: str) -> None:
+    found = await deviations.open_deviations(session, order.id)
+    if found:
+        raise Conflict(
+            f"work order {order.number} has open deviations: " + ", ".join(d.number for d in found),
+            rule=rule,
+        )
+
+
+async def _sign(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    order: WorkOrder,
+    target: WorkOrderStatus,
+    data: SignedAction,
+) -> ESignature:
+    after = dict(view(order), status=str(target))
+    return await signatures.sign(
+        ctx,
+        session,
+        principal,
+        record_type="work_order",
+        record_id=order.number,
+        record_version=order.version + 1,
+        current_version=order.version,
+        content=after,
+        signature=data.signature,
+        allowed_meanings=frozenset({SignatureMeaning.approved}),
+    )
+
+
+async def _signable(session: AsyncSession, number: str) -> tuple[int, dict[str, Any]] | None:
+    try:
+        order = await get(session, number)
+    except NotFound:
+        return None
+    return order.version, view(order)
+
+
+signatures.register_signable("work_order", _signable)
