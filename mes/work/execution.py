@@ -65,6 +65,8 @@ from mes.work.schemas import (
 
 # Symbology identifier of a Code 128 symbol without FNC1: the plant's internal lot labels.
 INTERNAL_LABEL = "]C0"
+# The execution field a signature of this meaning fills in.
+SIGNER_FIELD = {SignatureMeaning.performed: "performer", SignatureMeaning.verified: "verifier"}
 ACTIVE_ORDER = frozenset({WorkOrderStatus.released, WorkOrderStatus.in_progress})
 
 
@@ -362,6 +364,37 @@ async def resume(
         ex.paused_at = None
     session.add(ex)
     return op, order
+
+
+async def release_hold(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    ident: str,
+    expected_version: int | None,
+    signature: SignatureInput,
+) -> tuple[Operation, WorkOrder, ESignature]:
+    """held -> running: QA signs once every deviation of the operation is dispositioned."""
+    op, order = await get(session, ident, lock=True)
+    check_version(op, expected_version, f"operation {order.number}/{op.seq}")
+    _check_order_active(order)
+    if rules.operation_target("release_hold", OperationStatus(op.status)) is None:
+        await orders.set_operation_status(ctx, session, principal, op, order, "release_hold", "-")
+    open_devs = await deviations.open_deviations(session, order.id, op.id)
+    if open_devs:
+        raise Conflict(
+            f"operation {order.number}/{op.seq} has open deviations: "
+            + ", ".join(d.number for d in open_devs),
+            rule="PROC-2",
+        )
+    ex = await _execution(session, op)
+    esig = await _sign(
+        ctx, session, principal, op, order, ex, "running", signature, SignatureMeaning.approved
+    )
+    await orders.set_operation_status(
+        ctx, session, principal, op, order, "release_hold", signature.comment or "hold released"
+    )
+    return op, order, esig
 
 
 # --- consumption ----------------------------------------------------------------------------
@@ -718,7 +751,7 @@ def value_public(v: ParameterValue, numbers: dict[uuid.UUID, str]) -> ParameterV
     return ParameterValuePublic(
         id=v.id,
         name=v.name,
-        value=v.value,
+        value=v.value.quantize(Decimal("0.000001")),
         uom=v.uom,
         source=v.source,
         instrument=v.instrument,
@@ -1021,8 +1054,9 @@ async def _sign(
     signature: SignatureInput,
     meaning: SignatureMeaning,
 ) -> ESignature:
-    field = "performer" if meaning == SignatureMeaning.performed else "verifier"
-    content = dict(operation_view(op, order, ex), status=target, **{field: principal.username})
+    content = dict(operation_view(op, order, ex), status=target)
+    if meaning in SIGNER_FIELD:
+        content[SIGNER_FIELD[meaning]] = principal.username
     return await signatures.sign(
         ctx,
         session,

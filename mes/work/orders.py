@@ -470,9 +470,8 @@ async def cancel(
     order = await get(session, number, lock=True)
     check_version(order, expected_version, f"work order {order.number}")
     await transition(ctx, session, principal, order, "cancel", reason)
+    # Released orders have not started (the first start moves them to in_progress).
     for op in await operations_of(session, order, lock=True):
-        if op.execution_id is not None:  # pragma: no cover - released orders have not started
-            raise InvalidTransition(f"operation {op.seq} has been executed")
         op.status = OperationStatus.aborted
         bump_version(op, ctx.clock.now())
         session.add(op)

@@ -644,6 +644,29 @@ async def verify_operation(
     )
 
 
+@router.post(
+    "/operations/{ident}/release-hold", response_model=SignedOperation, tags=["operations"]
+)
+async def release_operation_hold(
+    ident: str,
+    body: SignRequest,
+    principal: Qa,
+    version: VersionDep,
+    ctx: ContextDep,
+    session: SessionDep,
+    response: Response,
+) -> SignedOperation:
+    """held -> running with QA's e-signature (meaning ``approved``) once the operation's
+    deviations are closed (409 PROC-2 otherwise)."""
+    op, order, esig = await execution.release_hold(
+        ctx, session, principal, ident, version, body.signature
+    )
+    return SignedOperation(
+        operation=await _op_answer(session, op, order, response),
+        signature=await signatures.public(session, esig),
+    )
+
+
 @router.get("/work-centers/{code}/queue", response_model=QueueList, tags=["operations"])
 async def dispatch_queue(code: str, session: SessionDep, _: Reader) -> QueueList:
     """Ready operations of a work center in dispatch order: planned start, priority, due."""
