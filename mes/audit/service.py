@@ -11,8 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 import mes
@@ -46,19 +47,38 @@ def _hashed_content(entry: AuditEntry) -> dict[str, Any]:
     }
 
 
-async def _lock_chain(session: AsyncSession) -> None:
-    """Serialise chain appends so concurrent transactions cannot fork it."""
+PENDING = "mes.audit.pending"
+
+
+def _seal(session: Session) -> None:
+    """Chain and insert the entries a transaction recorded, as the last step before its
+    commit: the chain lock is held only for these inserts and the commit itself, so
+    concurrent transactions queue on it for milliseconds, never for a whole request."""
+    pending: list[AuditEntry] | None = session.info.pop(PENDING, None)
+    if not pending:
+        return
     if session.get_bind().dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_ID})
+        # Serialise chain appends so concurrent transactions cannot fork the chain.
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_ID})
     # SQLite: every transaction already began with BEGIN IMMEDIATE (mes.db).
-
-
-async def _chain_head(session: AsyncSession) -> str:
-    result = await session.execute(
+    head = session.execute(
         select(AuditEntry.hash).order_by(col(AuditEntry.seq).desc()).limit(1)
-    )
-    head = result.scalar_one_or_none()
-    return head if head is not None else GENESIS_HASH
+    ).scalar_one_or_none()
+    prev = head if head is not None else GENESIS_HASH
+    for entry in pending:
+        entry.prev_hash = prev
+        entry.hash = entry_hash(prev, _hashed_content(entry))
+        prev = entry.hash
+    session.add_all(pending)
+    session.flush()
+
+
+def _discard(session: Session, *_: Any) -> None:
+    session.info.pop(PENDING, None)
+
+
+event.listen(Session, "before_commit", _seal)
+event.listen(Session, "after_rollback", _discard)
 
 
 async def record(
@@ -72,14 +92,13 @@ async def record(
     changes: list[dict[str, Any]],
     reason: str,
 ) -> AuditEntry:
-    """Append one audit entry in the caller's transaction (AT-1, AT-2, AT-5)."""
+    """Append one audit entry in the caller's transaction (AT-1, AT-2, AT-5). The entry is
+    chained and inserted when the transaction commits (``_seal``); a rollback discards it
+    with the change."""
     if not reason or not reason.strip():
         raise InvalidInput(
             "a reason is required for every regulated change", rule="AT-3", field="reason"
         )
-    await session.flush()
-    await _lock_chain(session)
-    prev = await _chain_head(session)
     entry = AuditEntry(
         at=utc_now(),
         user_id=principal.user_id,
@@ -93,11 +112,11 @@ async def record(
         changes=to_jsonable(changes),
         reason=reason.strip(),
         app_version=mes.__version__,
-        prev_hash=prev,
+        prev_hash="",
         hash="",
     )
-    entry.hash = entry_hash(prev, _hashed_content(entry))
-    session.add(entry)
+    session.sync_session.info.setdefault(PENDING, []).append(entry)
+    # Callers rely on the change being flushed once it is audited.
     await session.flush()
     return entry
 
