@@ -95,7 +95,7 @@ class MesSettings(BaseSettings):
     session_absolute_timeout: timedelta = timedelta(hours=12)
     lockout_threshold: int = Field(default=5, ge=1, le=20)
     password_min_length: int = Field(default=12, ge=8, le=128)
-    password_hashing: Literal["standard", "test-cheap"] = "standard"
+    password_hashing: Literal["standard", "strong", "test-cheap"] = "standard"
 
     # Sites whose equipment may run pilot batches on draft work masters (the R&D and pilot
     # center).
