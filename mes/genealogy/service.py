@@ -1,24 +1,29 @@
 """Genealogy services. Edges are recorded when the work happens, in the same transaction as
-the consumed and produced ledger rows of one execution (TR-1); outputs are always new lots,
-so an edge can never close a cycle - and ``_assert_acyclic`` checks it anyway."""
+the consumed and produced ledger rows of one execution (TR-1), together with the pairs they add
+to the closure ``lot_reach`` that recall impact reads; outputs are always new lots, so an edge
+can never close a cycle - and ``_assert_acyclic`` checks it anyway."""
 
 from __future__ import annotations
 
+import gc
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
+from itertools import repeat
+from operator import itemgetter, neg
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from mes.context import AppContext
 from mes.errors import Conflict, InvalidInput, NotFound
 from mes.genealogy import repository as repo
-from mes.genealogy.repository import Direction
+from mes.genealogy.repository import Direction, RecallPart, TracePart
 from mes.genealogy.schemas import (
     BalanceLine,
     ExecutionBalance,
@@ -52,10 +57,57 @@ MAX_DEPTH = 64
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def _build(model: type[ModelT], **values: Any) -> ModelT:
-    """A response model from values the database already typed; skipping re-validation keeps
-    a 100k-lot recall in milliseconds of Python rather than seconds."""
-    return model.model_construct(**values)
+@contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Pause the cycle collector while a result is turned into models. A recall makes a few
+    hundred thousand small objects, none in a reference cycle, and the collector's repeated
+    passes over everything alive would cost more than making them. Nothing awaits inside, so
+    no other task runs meanwhile; reference counting frees as usual."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def positional(model: type[ModelT]) -> Callable[[Sequence[Any]], ModelT]:
+    """A constructor of ``model`` from a sequence of values in field order that the database
+    already typed.
+
+    It makes what ``model_construct`` makes (no validation; every field set), without the
+    per-field handling of defaults and aliases that such models do not have - that handling
+    costs more than the rest of a 100k-lot recall. Only for models whose fields are all
+    required and unaliased, without private attributes or extra fields. As every field is
+    set, all instances share one fields-set: an assignment re-adds a name already in it."""
+    fields = model.model_fields
+    if (
+        any(not f.is_required() or f.alias is not None for f in fields.values())
+        or model.__private_attributes__
+        or model.model_config.get("extra") == "allow"
+    ):
+        raise TypeError(f"{model.__name__} needs model_construct")
+    names = tuple(fields)
+    every_field = set(names)
+    new = model.__new__
+    put = object.__setattr__
+
+    def make(values: Sequence[Any]) -> ModelT:
+        obj = new(model)
+        put(obj, "__dict__", dict(zip(names, values, strict=False)))
+        put(obj, "__pydantic_fields_set__", every_field)
+        put(obj, "__pydantic_extra__", None)
+        put(obj, "__pydantic_private__", None)
+        return obj
+
+    return make
+
+
+_node = positional(TraceNode)
+_trace_edge = positional(TraceEdge)
+_impacted = positional(ImpactedLot)
+_shipment = positional(Shipment)
 
 
 # Lots that can still be blended: not blocked by a quality decision.
@@ -90,6 +142,8 @@ async def _edge(
     execution_id: uuid.UUID,
     at: datetime,
 ) -> None:
+    """Record parent -> child and close ``lot_reach`` over it. The edge is flushed at once, so
+    the cycle check and the closure of a later edge in the same transaction walk it too."""
     await _assert_acyclic(session, [parent.id], child.id)
     session.add(
         GenealogyEdge(
@@ -102,6 +156,8 @@ async def _edge(
             at=at,
         )
     )
+    await session.flush()
+    await repo.add_reach(session, parent.id, child.id)
 
 
 async def produce(
@@ -303,55 +359,61 @@ async def merge(
 
 
 async def trace(session: AsyncSession, lot: Lot, direction: Direction, max_depth: int) -> Trace:
-    """Backward (where from, TR-2) or forward (where used, TR-3) genealogy of a lot: the
-    reached lots from the recursive query, then the edges among them. Walking one level past
-    the cap tells whether the cap cut anything off."""
-    rows = await repo.trace_nodes(session, lot.id, direction, max_depth + 1)
-    info: dict[uuid.UUID, repo.NodeRow] = {}
-    loads: dict[uuid.UUID, set[str]] = defaultdict(set)
-    limited = False
-    for row in rows:
-        if row.depth > max_depth:
-            limited = True
-            continue
-        info[row.lot_id] = row
-        if row.load_no is not None:
-            loads[row.lot_id].add(row.load_no)
-    edges = await repo.edges_among(session, list(info))
-    ordered = sorted(info.values(), key=lambda r: (r.depth, r.lot_number))
-    root = info[lot.id]
+    """Backward (where from, TR-2) or forward (where used, TR-3) genealogy of a lot: every lot
+    reached, at its shortest depth, with its loads, and the edges among them - from one
+    statement. Walking one level past the cap tells whether the cap cut anything off."""
+    result = await repo.run(session, repo.trace_queries(lot.id, direction, max_depth))
+    with _no_cycle_collection():
+        return _trace(result, lot, direction, max_depth)
+
+
+def _trace(rows: Iterable[Any], lot: Lot, direction: Direction, max_depth: int) -> Trace:
+    nodes: dict[Any, tuple[Any, ...]] = {}
+    loads: dict[Any, list[str]] = defaultdict(list)
+    edges: list[tuple[Any, ...]] = []
+    for (
+        part,
+        lot_id,
+        depth,
+        number,
+        code,
+        kind,
+        status,
+        quantity,
+        uom,
+        load_no,
+        parent_id,
+        edge_kind,
+        execution_id,
+    ) in rows:
+        if part == TracePart.node:
+            nodes[lot_id] = (depth, number, code, kind, status, quantity, uom)
+        elif part == TracePart.load:
+            loads[lot_id].append(load_no)
+        else:
+            edges.append((parent_id, lot_id, edge_kind, quantity, uom, execution_id))
+    limited = any(node[0] > max_depth for node in nodes.values())
+    if limited:
+        nodes = {key: node for key, node in nodes.items() if node[0] <= max_depth}
+    numbers = {key: node[1] for key, node in nodes.items()}
+    root = nodes[lot.id]
     return Trace.model_construct(
-        lot_number=root.lot_number,
-        material_code=root.material_code,
+        lot_number=root[1],
+        material_code=root[2],
         direction=direction,
         max_depth=max_depth,
         depth_limited=limited,
         nodes=[
-            _build(
-                TraceNode,
-                lot_number=n.lot_number,
-                material_code=n.material_code,
-                material_kind=n.material_kind,
-                status=n.status,
-                quantity=n.quantity,
-                uom=n.uom,
-                depth=n.depth,
-                loads=sorted(loads.get(n.lot_id, ())),
+            _node((number, code, kind, status, quantity, uom, depth, sorted(loads.get(key, ()))))
+            for key, (depth, number, code, kind, status, quantity, uom) in sorted(
+                nodes.items(), key=lambda item: (item[1][0], item[1][1])
             )
-            for n in ordered
         ],
         edges=sorted(
             (
-                _build(
-                    TraceEdge,
-                    parent=info[e.parent_lot_id].lot_number,
-                    child=info[e.child_lot_id].lot_number,
-                    kind=e.kind,
-                    quantity=e.quantity,
-                    uom=e.uom,
-                    execution_id=e.execution_id,
-                )
-                for e in edges
+                _trace_edge((numbers[parent], numbers[child], kind, quantity, uom, execution_id))
+                for parent, child, kind, quantity, uom, execution_id in edges
+                if parent in numbers and child in numbers
             ),
             key=lambda e: (e.parent, e.child),
         ),
@@ -359,48 +421,68 @@ async def trace(session: AsyncSession, lot: Lot, direction: Direction, max_depth
 
 
 async def recall_impact(session: AsyncSession, lot: Lot) -> RecallImpact:
-    """TR-3: every finished lot (a material with a GTIN) downstream of (or being) a suspect lot, its
-    serials, the sterilization loads it went through and its shipments known to the MES -
-    from one walk of the genealogy."""
-    m = await lots.material_of(session, lot)
-    if session.get_bind().dialect.name == "postgresql":
-        # A recall walks and joins 100k+ rows: sort and hash in memory, not on disk.
-        await session.execute(text("SET LOCAL work_mem = '64MB'"))
-    finished = await repo.finished_downstream(session, lot.id)
-    ids = [row[0] for row in finished]
-    numbers = {row[0]: row[1] for row in finished}
-    serials = await repo.serial_counts(session, ids)
-    loads = await repo.load_numbers(session, ids)
-    shipments = await repo.shipments(session, ids)
+    """TR-3: every finished lot (a material with a GTIN) downstream of (or being) a suspect lot,
+    its serials, the sterilization loads it went through and its shipments known to the MES -
+    from one statement over the closure ``lot_reach``."""
+    dialect = session.get_bind().dialect.name
+    result = await repo.run(session, repo.recall_queries(dialect, lot.id))
+    with _no_cycle_collection():
+        return _recall(result, lot)
+
+
+def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
+    finished: list[tuple[Any, ...]] = []
+    loads: list[str] = []
+    shipments: list[tuple[Any, ...]] = []
+    material_code = ""
+    for (
+        part,
+        code,
+        gtin,
+        status,
+        uom,
+        consignee,
+        numbers,
+        quantities,
+        serials,
+        ats,
+        load_nos,
+    ) in rows:
+        if part == RecallPart.finished:
+            # ImpactedLot's fields: lot_number, material_code, gtin, status, quantity, uom,
+            # serials
+            finished += zip(
+                numbers,
+                repeat(code),
+                repeat(gtin),
+                repeat(status),
+                quantities,
+                repeat(uom),
+                serials,
+                strict=False,
+            )
+        elif part == RecallPart.load:
+            loads = sorted(load_nos or ())
+        elif part == RecallPart.shipment:
+            shipments += zip(
+                ats, numbers, repeat(consignee), map(neg, quantities), repeat(uom), strict=False
+            )
+        else:
+            material_code = code
+    # By lot number, then material (a lot number is unique per material, so plain tuple
+    # order never compares further); shipments by time, then lot number.
+    finished.sort()
+    shipments.sort(key=itemgetter(0, 1))
     return RecallImpact.model_construct(
         suspect_lot=lot.lot_number,
-        material_code=m.code,
-        finished_lots=[
-            _build(
-                ImpactedLot,
-                lot_number=number,
-                material_code=code,
-                gtin=gtin,
-                status=status,
-                quantity=qty,
-                uom=uom,
-                serials=serials.get(ident, 0),
-            )
-            for ident, number, code, gtin, status, qty, uom in sorted(finished, key=lambda r: r[1])
-        ],
+        material_code=material_code,
+        finished_lots=list(map(_impacted, finished)),
         finished_lot_count=len(finished),
-        serial_count=sum(serials.values()),
-        loads=sorted(loads),
+        serial_count=sum(map(itemgetter(6), finished)),
+        loads=loads,
         shipments=[
-            _build(
-                Shipment,
-                lot_number=numbers[lot_id],
-                consignee=consignee,
-                quantity=-qty,
-                uom=uom,
-                at=at,
-            )
-            for lot_id, consignee, qty, uom, at in sorted(shipments, key=lambda r: r[4])
+            _shipment((number, consignee, quantity, uom, at))
+            for at, number, consignee, quantity, uom in shipments
         ],
     )
 

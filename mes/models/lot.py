@@ -1,8 +1,9 @@
 """Material lots, sublots, serial units, material transactions, disposition history,
-genealogy edges, sterilization loads and scan events.
+genealogy edges and their closure, sterilization loads and scan events.
 
-``material_transaction``, ``lot_status_transition``, ``genealogy_edge`` and ``scan_event`` are
-append-only (AT-4): corrections are new rows that reverse or supersede, never edits.
+``material_transaction``, ``lot_status_transition``, ``genealogy_edge``, ``lot_reach`` and
+``scan_event`` are append-only (AT-4): corrections are new rows that reverse or supersede,
+never edits.
 """
 
 from __future__ import annotations
@@ -126,12 +127,14 @@ class MaterialTransaction(SQLModel, table=True):
     production add, consumption, samples, scrap and shipments subtract."""
 
     __tablename__ = "material_transaction"
-    # Recall impact looks up shipments of 100k+ lots: a small index of shipments only.
+    # Recall impact looks up shipments of 100k+ lots: a small index of shipments only, which
+    # on PostgreSQL carries what the recall lists (no visit to the table per shipment).
     __table_args__ = (
         Index(
             "ix_material_transaction_shipped_lot_id",
             "lot_id",
             postgresql_where=text("kind = 'shipped'"),
+            postgresql_include=["at", "quantity", "uom", "consignee"],
             sqlite_where=text("kind = 'shipped'"),
         ),
     )
@@ -189,6 +192,19 @@ class GenealogyEdge(SQLModel, table=True):
     uom: str = Field(max_length=20)
     execution_id: uuid.UUID = Field(index=True)
     at: datetime = utc_field(default_factory=utc_now)
+
+
+class LotReach(SQLModel, table=True):
+    """The transitive closure of ``genealogy_edge``: one row per (ancestor, descendant) pair
+    of lots joined by a path of one or more edges, so everything made from a lot is one index
+    range rather than a recursive walk. Derived from the edges, in the transaction of every
+    edge insert; append-only like them. Its ends are lots, but it carries no foreign keys: it
+    is rebuilt from edges whose ends are."""
+
+    __tablename__ = "lot_reach"
+
+    ancestor_lot_id: uuid.UUID = Field(primary_key=True)
+    descendant_lot_id: uuid.UUID = Field(primary_key=True)
 
 
 class SterilizationLoad(VersionedRecord, table=True):

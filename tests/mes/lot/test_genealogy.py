@@ -3,24 +3,42 @@ sets for backward and forward traces, recall impact, mass balance (TR-1..TR-5)."
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import uuid
+from collections import defaultdict
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mes.context import AppContext
+from mes.equipment import service as equipment
+from mes.equipment.schemas import EquipmentClassCreate, EquipmentCreate
+from mes.genealogy import repository as repo
 from mes.genealogy import service as genealogy
-from mes.genealogy.repository import Direction
-from mes.genealogy.schemas import MergeRequest, ProduceRequest, SplitRequest
+from mes.genealogy.repository import EDGE, LOAD, LOAD_ITEM, LOT, MATERIAL, REACH, TX, Direction
+from mes.genealogy.schemas import (
+    MergeRequest,
+    ProduceRequest,
+    RecallImpact,
+    SplitRequest,
+    TraceEdge,
+)
+from mes.genealogy.service import positional
 from mes.lot import containers, ledger
 from mes.lot import service as lots
 from mes.lot.schemas import LoadCreate, LotReceive, TransactionRequest
 from mes.material import service as materials
 from mes.material.schemas import MaterialCreate
-from mes.models import EquipmentLevel, LotStatus, TransactionKind
+from mes.models import EdgeKind, EquipmentLevel, GenealogyEdge, Lot, LotStatus, TransactionKind
 from mes.principal import system_principal
 from mes.udi.label import verify_symbol
-from tests.conftest import Actors
+from tests.conftest import BACKEND, Actors
 
 ME = system_principal("test")
 PASSWORD_SIG = {"password": "correct-horse-battery-7", "meaning": "released"}
@@ -107,6 +125,33 @@ async def _release(ctx: AppContext, lot_number: str) -> None:
         )
 
 
+async def _sterilizer(ctx: AppContext) -> None:
+    """EtO sterilizer S-1, a unit of the plant model."""
+    async with ctx.db.sessionmaker() as s, s.begin():
+        await equipment.create_class(ctx, s, ME, EquipmentClassCreate(code="EO", name="EtO"))
+        for code, level, parent in (
+            ("ENT", EquipmentLevel.enterprise, None),
+            ("S", EquipmentLevel.site, "ENT"),
+            ("A", EquipmentLevel.area, "S"),
+            ("WC", EquipmentLevel.work_center, "A"),
+        ):
+            await equipment.create_equipment(
+                ctx, s, ME, EquipmentCreate(code=code, name=code, level=level, parent_code=parent)
+            )
+        await equipment.create_equipment(
+            ctx,
+            s,
+            ME,
+            EquipmentCreate(
+                code="S-1",
+                name="Sterilizer",
+                level=EquipmentLevel.unit,
+                parent_code="WC",
+                equipment_class="EO",
+            ),
+        )
+
+
 @pytest.fixture
 async def history(ctx: AppContext) -> AppContext:
     """
@@ -174,46 +219,8 @@ async def history(ctx: AppContext) -> AppContext:
     await _produce(ctx, "SUT", "SUT-1", "200", "each", [("BRD-1", "150", "m")])
     await _release(ctx, "SUT-1")
     await _produce(ctx, "PK", "PK-1", "200", "each", [("SUT-1", "200", "each")])
+    await _sterilizer(ctx)
     async with ctx.db.sessionmaker() as s, s.begin():
-        from mes.equipment import service as equipment
-        from mes.equipment.schemas import EquipmentClassCreate, EquipmentCreate
-
-        await equipment.create_class(ctx, s, ME, EquipmentClassCreate(code="EO", name="EtO"))
-        await equipment.create_equipment(
-            ctx, s, ME, EquipmentCreate(code="ENT", name="Ent", level=EquipmentLevel.enterprise)
-        )
-        await equipment.create_equipment(
-            ctx,
-            s,
-            ME,
-            EquipmentCreate(code="S", name="Site", level=EquipmentLevel.site, parent_code="ENT"),
-        )
-        await equipment.create_equipment(
-            ctx,
-            s,
-            ME,
-            EquipmentCreate(code="A", name="Area", level=EquipmentLevel.area, parent_code="S"),
-        )
-        await equipment.create_equipment(
-            ctx,
-            s,
-            ME,
-            EquipmentCreate(
-                code="WC", name="WC", level=EquipmentLevel.work_center, parent_code="A"
-            ),
-        )
-        await equipment.create_equipment(
-            ctx,
-            s,
-            ME,
-            EquipmentCreate(
-                code="S-1",
-                name="Sterilizer",
-                level=EquipmentLevel.unit,
-                parent_code="WC",
-                equipment_class="EO",
-            ),
-        )
         await containers.create_load(
             ctx,
             s,
@@ -402,3 +409,291 @@ async def test_udi_label_of_a_finished_lot(
         "/api/v1/lots/PK-1/udi-label", params={"serial": "X1"}, headers=actors["operator"]
     )
     assert missing.status_code == 404
+
+
+# --- lot_reach, the closure that recall impact reads --------------------------------------------
+
+
+async def _edges(ctx: AppContext) -> dict[uuid.UUID, set[uuid.UUID]]:
+    """Children of each lot, from genealogy_edge."""
+    children: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
+    async with ctx.db.sessionmaker() as s:
+        for parent, child in await s.execute(select(EDGE.c.parent_lot_id, EDGE.c.child_lot_id)):
+            children[parent].add(child)
+    return children
+
+
+def _below(children: dict[uuid.UUID, set[uuid.UUID]], start: uuid.UUID) -> set[uuid.UUID]:
+    """Every lot reached from ``start`` by one or more edges (a plain graph search)."""
+    seen: set[uuid.UUID] = set()
+    todo = list(children.get(start, ()))
+    while todo:
+        lot = todo.pop()
+        if lot not in seen:
+            seen.add(lot)
+            todo.extend(children.get(lot, ()))
+    return seen
+
+
+async def _closure(ctx: AppContext) -> set[tuple[uuid.UUID, uuid.UUID]]:
+    async with ctx.db.sessionmaker() as s:
+        rows = await s.execute(select(REACH.c.ancestor_lot_id, REACH.c.descendant_lot_id))
+        return {(a, d) for a, d in rows}
+
+
+async def assert_closure(ctx: AppContext) -> None:
+    """lot_reach holds exactly the pairs joined by a path of edges."""
+    children = await _edges(ctx)
+    lots = set(children) | {c for cs in children.values() for c in cs}
+    expected = {(a, d) for a in lots for d in _below(children, a)}
+    assert await _closure(ctx) == expected
+
+
+async def _walked_recall(ctx: AppContext, lot_id: uuid.UUID) -> tuple[set[str], set[str], set[Any]]:
+    """Finished lots, loads and shipments of a recall, from a recursive walk of the edges."""
+    walk = repo.walk_cte("walk", "start", Direction.forward)
+    finished_lots = (
+        select(LOT.c.id, LOT.c.lot_number)
+        .select_from(
+            walk.join(LOT, LOT.c.id == walk.c.lot_id).join(
+                MATERIAL, MATERIAL.c.id == LOT.c.material_id
+            )
+        )
+        .where(MATERIAL.c.gtin.is_not(None))
+    )
+    async with ctx.db.sessionmaker() as s:
+        rows = await s.execute(finished_lots, {"start": lot_id})
+        found = {row.id: row.lot_number for row in rows}
+        loads = await s.execute(
+            select(LOAD.c.load_no, LOAD_ITEM.c.lot_id).join(
+                LOAD_ITEM, LOAD_ITEM.c.load_id == LOAD.c.id
+            )
+        )
+        shipped = await s.execute(
+            select(TX.c.lot_id, TX.c.consignee, TX.c.quantity).where(TX.c.kind == "shipped")
+        )
+        return (
+            set(found.values()),
+            {load_no for load_no, member in loads if member in found},
+            {(found[x], consignee, -qty) for x, consignee, qty in shipped if x in found},
+        )
+
+
+async def assert_recalls_match_the_walk(ctx: AppContext) -> int:
+    """For every lot: recall impact (from lot_reach) lists what a recursive walk reaches."""
+    async with ctx.db.sessionmaker() as s:
+        every = list((await s.execute(select(Lot))).scalars())
+    for lot in every:
+        async with ctx.db.sessionmaker() as s:
+            impact = await genealogy.recall_impact(s, lot)
+        finished, loads, shipments = await _walked_recall(ctx, lot.id)
+        assert {f.lot_number for f in impact.finished_lots} == finished, lot.lot_number
+        assert impact.finished_lot_count == len(finished)
+        assert impact.loads == sorted(loads)
+        assert {(x.lot_number, x.consignee, x.quantity) for x in impact.shipments} == shipments
+    return len(every)
+
+
+async def test_lot_reach_is_the_closure_and_every_recall_matches_the_walk(
+    history: AppContext,
+) -> None:
+    """TR-3: after production, a split, a blend, a load and a shipment, lot_reach is the
+    closure of the edges and every lot's recall equals the recursive walk's."""
+    await assert_closure(history)
+    assert await assert_recalls_match_the_walk(history) == 14
+
+
+async def test_lot_reach_grows_with_every_operation(ctx: AppContext) -> None:
+    """The closure is right after each produce, split, merge and load membership, and a
+    recall made in between already sees the new lots."""
+    await _material(ctx, "MON", "monomer", "kg")
+    await _material(ctx, "RES", "resin", "kg")
+    await _material(ctx, "KIT", "device", "each", gtin="00812345000030")
+    for lot in ("M-1", "M-2", "M-3"):
+        await _receive(ctx, "MON", lot, "10", "kg")
+    await assert_closure(ctx)
+    await _produce(ctx, "RES", "R-1", "9", "kg", [("M-1", "5", "kg"), ("M-2", "5", "kg")])
+    await assert_closure(ctx)
+    async with ctx.db.sessionmaker() as s, s.begin():
+        r1 = await lots.get_lot(s, "R-1", lock=True)
+        await genealogy.split(
+            ctx,
+            s,
+            ME,
+            r1,
+            SplitRequest(
+                parts=[
+                    {"lot_number": "R-1A", "quantity": Decimal("4"), "uom": "kg"},
+                    {"lot_number": "R-1B", "quantity": Decimal("5"), "uom": "kg"},
+                ],
+                reason="two lines",
+            ),
+        )  # type: ignore[list-item]
+    await assert_closure(ctx)
+    await _produce(ctx, "RES", "R-2", "4", "kg", [("M-3", "5", "kg")])
+    async with ctx.db.sessionmaker() as s, s.begin():
+        await genealogy.merge(
+            ctx,
+            s,
+            ME,
+            MergeRequest(
+                lot_number="R-M",
+                inputs=[{"lot_number": "R-1B"}, {"lot_number": "R-2"}],
+                reason="blend",
+            ),
+        )  # type: ignore[list-item]
+    await assert_closure(ctx)
+    for lot in ("R-1A", "R-M"):
+        await _release(ctx, lot)
+    await _produce(ctx, "KIT", "K-1", "10", "each", [("R-1A", "2", "kg"), ("R-M", "3", "kg")])
+    await assert_closure(ctx)
+    async with ctx.db.sessionmaker() as s:
+        impact = await genealogy.recall_impact(s, await lots.get_lot(s, "M-3"))
+    assert [f.lot_number for f in impact.finished_lots] == ["K-1"]
+    await _sterilizer(ctx)
+    async with ctx.db.sessionmaker() as s, s.begin():
+        await containers.create_load(
+            ctx,
+            s,
+            ME,
+            LoadCreate(load_no="L-9", sterilizer_code="S-1", lots=[{"lot_number": "K-1"}]),
+        )  # type: ignore[list-item]
+    await assert_closure(ctx)
+    assert await assert_recalls_match_the_walk(ctx) == 9
+    async with ctx.db.sessionmaker() as s:
+        impact = await genealogy.recall_impact(s, await lots.get_lot(s, "M-1"))
+    assert (impact.loads, impact.finished_lot_count) == (["L-9"], 1)
+
+
+async def test_an_edge_into_an_existing_chain_reaches_its_descendants(ctx: AppContext) -> None:
+    """Closing over a new edge pairs every ancestor of its parent with every descendant of
+    its child, not only with the child (outputs are new lots today; the closure does not
+    rely on it)."""
+    await _material(ctx, "MON", "monomer", "kg")
+    await _material(ctx, "RES", "resin", "kg")
+    for lot in ("A-1", "B-1"):
+        await _receive(ctx, "MON", lot, "10", "kg")
+    await _produce(ctx, "RES", "C-1", "5", "kg", [("A-1", "5", "kg")])
+    await _release(ctx, "C-1")
+    await _produce(ctx, "RES", "D-1", "5", "kg", [("C-1", "5", "kg")])
+    async with ctx.db.sessionmaker() as s, s.begin():
+        b1, a1 = await lots.get_lot(s, "B-1"), await lots.get_lot(s, "A-1")
+        s.add(
+            GenealogyEdge(
+                parent_lot_id=b1.id,
+                child_lot_id=a1.id,
+                kind=EdgeKind.rework,
+                quantity=Decimal(1),
+                uom="kg",
+                execution_id=uuid.uuid4(),
+            )
+        )
+        await s.flush()
+        await repo.add_reach(s, b1.id, a1.id)
+    await assert_closure(ctx)
+    async with ctx.db.sessionmaker() as s:
+        b1 = await lots.get_lot(s, "B-1")
+        trace = await genealogy.trace(s, b1, Direction.forward, 64)
+    assert {n.lot_number for n in trace.nodes} == {"B-1", "A-1", "C-1", "D-1"}
+
+
+async def test_the_backfills_give_the_closure(history: AppContext) -> None:
+    """The migration's backfill and the bulk fill compute, from the edges alone, the pairs
+    that edge inserts maintained."""
+    migration = importlib.import_module("mes.migrations.versions.0003_lot_reach")
+    async with history.db.sessionmaker() as s:
+        from_migration = {(a, d) for a, d in await s.execute(text(migration.PAIRS))}
+        from_fill = {(a, d) for a, d in await s.execute(repo.reach_pairs_stmt())}
+    closure = await _closure(history)
+    if history.db.dialect == "sqlite":  # raw SQL gives SQLite's stored form: 32 hex digits
+        from_migration = {(uuid.UUID(a), uuid.UUID(d)) for a, d in from_migration}
+    assert from_migration == closure
+    assert from_fill == closure
+
+
+async def test_lot_reach_is_append_only(history: AppContext) -> None:
+    """AT-4: the closure is derived from append-only edges; a lost pair would be a lot
+    missing from a recall, so the database refuses deletes and updates."""
+    for statement in (
+        "DELETE FROM lot_reach",
+        "UPDATE lot_reach SET descendant_lot_id = ancestor_lot_id",
+    ):
+        with pytest.raises(DBAPIError, match="AT-4"):
+            async with history.db.engine.begin() as conn:
+                await conn.execute(text(statement))
+
+
+async def test_a_lot_in_two_loads(history: AppContext) -> None:
+    """TR-5: a lot in two loads lists both in its trace and the recall, and its edges once."""
+    async with history.db.sessionmaker() as s, s.begin():
+        await containers.create_load(
+            history,
+            s,
+            ME,
+            LoadCreate(load_no="L-2", sterilizer_code="S-1", lots=[{"lot_number": "PK-1"}]),
+        )  # type: ignore[list-item]
+    back = await _trace(history, "PK-1", Direction.backward)
+    assert {n.lot_number: n.loads for n in back.nodes}["PK-1"] == ["L-1", "L-2"]
+    assert len(back.edges) == len({(e.parent, e.child) for e in back.edges}) == 10
+    forward = await _trace(history, "SUT-1", Direction.forward)
+    assert [(e.parent, e.child) for e in forward.edges] == [("SUT-1", "PK-1")]
+    async with history.db.sessionmaker() as s:
+        impact = await genealogy.recall_impact(s, await lots.get_lot(s, "LLA-1"))
+    assert impact.loads == ["L-1", "L-2"]
+    assert RecallImpact.model_validate_json(impact.model_dump_json()) == impact
+
+
+def test_positional_models_equal_validated_ones() -> None:
+    made = positional(TraceEdge)(("A", "B", "merge", Decimal("1.5"), "kg", uuid.UUID(int=7)))
+    checked = TraceEdge(
+        parent="A", child="B", kind="merge", quantity="1.5", uom="kg", execution_id=uuid.UUID(int=7)
+    )
+    assert made == checked
+    assert made.model_dump_json() == checked.model_dump_json()
+    assert made.model_fields_set == checked.model_fields_set
+    with pytest.raises(TypeError, match="model_construct"):
+        positional(ProduceRequest)  # fields with defaults
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite runs one writer at a time")
+async def test_concurrent_edges_close_each_other(ctx: AppContext) -> None:
+    """A -> B and C -> D added by two open transactions, where B already reaches C: the
+    second waits for the first to commit, then its walk sees A -> B, so (A, D) is there."""
+    await _material(ctx, "MON", "monomer", "kg")
+    for lot in ("A-1", "B-1", "C-1", "D-1"):
+        await _receive(ctx, "MON", lot, "10", "kg")
+    async with ctx.db.sessionmaker() as s:
+        a, b, c, d = [(await lots.get_lot(s, n)).id for n in ("A-1", "B-1", "C-1", "D-1")]
+
+    async def link(s: AsyncSession, parent: uuid.UUID, child: uuid.UUID) -> None:
+        s.add(
+            GenealogyEdge(
+                parent_lot_id=parent,
+                child_lot_id=child,
+                kind=EdgeKind.transform,
+                quantity=Decimal(1),
+                uom="kg",
+                execution_id=uuid.uuid4(),
+            )
+        )
+        await s.flush()
+        await repo.add_reach(s, parent, child)
+
+    async with ctx.db.sessionmaker() as s, s.begin():
+        await link(s, b, c)
+    first = ctx.db.sessionmaker()
+    await first.begin()
+    await link(first, a, b)
+
+    async def second() -> None:
+        async with ctx.db.sessionmaker() as s, s.begin():
+            await link(s, c, d)
+
+    waiting = asyncio.create_task(second())
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # its turn comes when the first commits
+    await first.commit()
+    await first.close()
+    await waiting
+    await assert_closure(ctx)
+    assert (a, d) in await _closure(ctx)
