@@ -76,3 +76,9 @@ def create_app(
     )
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
     return app
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``mes serve --workers N`` process: settings from the environment and
+    config files; the schema was upgraded before the workers started."""
+    return create_app(load_settings(), migrate=False)

@@ -105,8 +105,12 @@ def version() -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
     port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=32, help="Worker processes, one event loop each.")
+    ] = 1,
 ) -> None:
-    """Run the API server (upgrades the database schema first)."""
+    """Run the API server (upgrades the database schema first). With several workers the
+    schema is upgraded once before they start; use PostgreSQL for more than one."""
     import uvicorn
 
     from mes.app import create_app
@@ -121,6 +125,22 @@ def serve(
         f"MES {mes.__version__} on [bold]http://{settings.host}:{settings.port}[/] "
         f"- database {database_url_for_display(settings.database_url)}"
     )
+    if workers > 1:
+
+        async def prepare(ctx: AppContext) -> None:
+            await upgrade(ctx.db.engine)
+
+        _run(settings, prepare)
+        uvicorn.run(
+            "mes.app:worker_app",
+            factory=True,
+            workers=workers,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            proxy_headers=False,
+        )
+        return
     uvicorn.run(
         create_app(settings),
         host=settings.host,

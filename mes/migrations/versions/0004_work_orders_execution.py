@@ -1,12 +1,11 @@
 """work masters, work orders, execution, deviations
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-25 12:56:35.557221
 """
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
@@ -15,7 +14,7 @@ import mes.models.base
 from mes.migrations.append_only import make_append_only
 
 revision: str = "0004"
-down_revision: str | None = "0003" if any(Path(__file__).parent.glob("0003_*.py")) else "0002"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
