@@ -41,6 +41,7 @@ from mes.models import (
     Role,
     TransactionKind,
 )
+from mes.models.lot import LotReach
 from mes.principal import Principal
 from mes.records import bump_version, check_version, fetch_page
 from mes.signature import service as signatures
@@ -390,7 +391,8 @@ async def change_status(
     expected_version: int | None,
 ) -> ESignature | None:
     """A disposition decision by a person (DOMAIN 3.3). Only QA decides, except a hold,
-    which a supervisor may also place; release, rejection and lifting a hold are e-signed."""
+    which a supervisor may also place; release, rejection and lifting a hold are e-signed.
+    Pilot-batch material is never released for distribution (RL-1)."""
     check_version(lot, expected_version, f"lot {lot.lot_number!r}")
     current = LotStatus(lot.status)
     held_from = LotStatus(lot.held_from_status) if lot.held_from_status else None
@@ -404,6 +406,16 @@ async def change_status(
         target == LotStatus.on_hold and Role.supervisor in principal.roles
     ):
         raise Forbidden(f"only QA may set a lot to {target}", rule="AC-2")
+    if target == LotStatus.released:
+        pilot = await pilot_origin(session, lot)
+        if pilot is not None:
+            source = "" if pilot.id == lot.id else f" (made from pilot lot {pilot.lot_number})"
+            raise Conflict(
+                f"lot {lot.lot_number} is pilot-batch material{source}; pilot batches are "
+                "never released for distribution",
+                rule="RL-1",
+                current_status=str(current),
+            )
     m = await material_of(session, lot)
     esig = None
     if transition.needs_signature:
@@ -443,6 +455,21 @@ async def change_status(
         material_code=m.code,
     )
     return esig
+
+
+async def pilot_origin(session: AsyncSession, lot: Lot) -> Lot | None:
+    """The pilot-batch lot (output of a pilot order on a draft work master) that ``lot`` is or
+    was split, blended or made from (``lot_reach``, the closure of the genealogy), or None."""
+    if lot.is_pilot:
+        return lot
+    found = await session.execute(
+        select(Lot)
+        .join(LotReach, col(LotReach.ancestor_lot_id) == Lot.id)
+        .where(LotReach.descendant_lot_id == lot.id, col(Lot.is_pilot).is_(True))
+        .order_by(col(Lot.id))
+        .limit(1)
+    )
+    return found.scalars().first()
 
 
 async def _signable(session: AsyncSession, record_id: str) -> tuple[int, dict[str, Any]] | None:

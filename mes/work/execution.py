@@ -475,9 +475,12 @@ async def _internal_label(
 
 
 async def _consumed(
-    session: AsyncSession, order: WorkOrder, material_id: uuid.UUID | None = None
+    session: AsyncSession,
+    order: WorkOrder,
+    material_id: uuid.UUID | None = None,
+    execution_id: uuid.UUID | None = None,
 ) -> list[tuple[MaterialTransaction, Lot]]:
-    """Consumption rows (with their lots) of every execution of an order."""
+    """Consumption rows (with their lots) of an order, or of one of its executions."""
     stmt = (
         select(MaterialTransaction, Lot)
         .join(Lot, col(Lot.id) == MaterialTransaction.lot_id)
@@ -490,7 +493,14 @@ async def _consumed(
     )
     if material_id is not None:
         stmt = stmt.where(Lot.material_id == material_id)
+    if execution_id is not None:
+        stmt = stmt.where(MaterialTransaction.execution_id == execution_id)
     return [(tx, lot) for tx, lot in (await session.execute(stmt)).all()]
+
+
+def _plain(value: Decimal) -> str:
+    """A quantity as people write it: 10, 0.45 (no trailing zeros, no exponent)."""
+    return format(value.normalize(), "f")
 
 
 def _net(rows: list[tuple[MaterialTransaction, Lot]], uom: str) -> Decimal:
@@ -528,7 +538,8 @@ async def consume(
         raise InvalidInput("a typed lot needs a reason (ID-1)", rule="ID-1", field="reason")
     qty = lots.convert_quantity(data.quantity, data.uom, line["uom"], "uom")
     _, _, high = rules.bom_window(line, order.quantity)
-    already = _net(await _consumed(session, order, m.id), line["uom"])
+    ex = await _execution(session, op)
+    already = _net(await _consumed(session, order, m.id, ex.id), line["uom"])
     if already + qty > high:
         raise Conflict(
             f"{m.code}: {already} {line['uom']} consumed, {qty} more exceeds the BOM maximum "
@@ -536,7 +547,6 @@ async def consume(
             rule="TR-1",
             field="quantity",
         )
-    ex = await _execution(session, op)
     reason = data.reason or f"consumed for {order.number}/{op.seq} (scanned)"
     tx = await ledger.post(
         ctx,
@@ -589,6 +599,16 @@ async def record(
     params = {p["name"]: p for p in spec.get("parameters", [])}
     checks = {c["name"]: c for c in spec.get("checks", [])}
     now = ctx.clock.now()
+    if any(entry.source == "auto" for entry in data.parameters):
+        unit = await session.get(Equipment, ex.equipment_id)
+        assert unit is not None  # foreign key
+        problems = equipment.usability(unit, now)
+        if problems:
+            raise Forbidden(
+                f"automatic values come only from usable equipment; {unit.code}: "
+                + ", ".join(problems),
+                rule="AC-4",
+            )
     values: list[ParameterValue] = []
     hold_reasons: list[str] = []
     for i, entry in enumerate(data.parameters):
@@ -919,10 +939,13 @@ async def _completion_problems(
             problems.append(f"check {c['name']} not done")
     for line in spec.get("bom", []):
         m = await lots.active_material(session, line["material_code"], "bom")
-        consumed = _net(await _consumed(session, order, m.id), line["uom"])
+        consumed = _net(await _consumed(session, order, m.id, ex.id), line["uom"])
         _, low, high = rules.bom_window(line, order.quantity)
         if not low <= consumed <= high:
-            problems.append(f"{m.code}: {consumed} {line['uom']} consumed, BOM needs {low}..{high}")
+            problems.append(
+                f"{m.code}: {_plain(consumed)} {line['uom']} consumed, BOM needs "
+                f"{_plain(low)}..{_plain(high)}"
+            )
     if spec.get("reports_output"):
         produced = await session.execute(
             select(func.count())
@@ -980,14 +1003,15 @@ async def complete(
     )
     unit = await session.get(Equipment, ex.equipment_id, with_for_update=True)
     assert unit is not None  # foreign key
-    await _set_equipment_status(
-        ctx,
-        session,
-        principal,
-        unit,
-        EquipmentStatus.idle,
-        f"operation {order.number}/{op.seq} completed",
-    )
+    if unit.status == EquipmentStatus.running:  # a unit reported down meanwhile stays down
+        await _set_equipment_status(
+            ctx,
+            session,
+            principal,
+            unit,
+            EquipmentStatus.idle,
+            f"operation {order.number}/{op.seq} completed",
+        )
     await orders.advance(ctx, session, principal, order)
     return op, order, esig
 

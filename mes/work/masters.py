@@ -16,6 +16,7 @@ from mes.equipment import service as equipment
 from mes.errors import Forbidden, InvalidInput, InvalidTransition, NotFound
 from mes.lot import service as lots
 from mes.models import (
+    AuditEntry,
     EquipmentLevel,
     ESignature,
     MaterialDefinition,
@@ -175,7 +176,9 @@ async def _check_references(session: AsyncSession, data: WorkMasterCreate) -> Ma
                     field=f"{where}.equipment_class",
                 )
         for j, line in enumerate(op.bom):
-            m = await lots.active_material(session, line.material_code, f"{where}.bom[{j}]")
+            m = await lots.active_material(
+                session, line.material_code, f"{where}.bom[{j}].material_code"
+            )
             lots.convert_quantity(Decimal(1), line.uom, m.base_uom, f"{where}.bom[{j}].uom")
     return product
 
@@ -285,8 +288,8 @@ async def approve(
             f"work master {record_id(wm)} is {wm.status}; only a draft can be approved",
             current_status=str(wm.status),
         )
-    if wm.created_by == principal.username:
-        raise Forbidden("the author of a work master cannot approve it", rule="AC-2")
+    if principal.username in await _authors(session, wm):
+        raise Forbidden("the author or an editor of a work master cannot approve it", rule="AC-2")
     pilots = list(dict.fromkeys(data.supporting_pilot_orders))
     for i, number in enumerate(pilots):
         found = (
@@ -349,6 +352,20 @@ async def approve(
         reason=data.reason,
     )
     return wm, esig
+
+
+async def _authors(session: AsyncSession, wm: WorkMaster) -> set[str]:
+    """Who wrote this version: its creator and everyone who edited the draft."""
+    edits = await session.execute(
+        select(AuditEntry.username)
+        .where(
+            AuditEntry.entity_type == "work_master",
+            AuditEntry.entity_id == record_id(wm),
+            col(AuditEntry.action).in_(["create", "update"]),
+        )
+        .distinct()
+    )
+    return {wm.created_by, *edits.scalars()}
 
 
 async def _set_status(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -17,15 +17,18 @@ from mes.errors import Conflict, Forbidden, InvalidInput, InvalidTransition, Not
 from mes.ids import parse_uuid
 from mes.lot import service as lots
 from mes.models import (
+    CheckResult,
     Deviation,
     DeviationStatus,
     Equipment,
     ESignature,
     Lot,
     MaterialDefinition,
+    MaterialTransaction,
     Operation,
     OperationExecution,
     OperationStatus,
+    ParameterValue,
     SignatureMeaning,
     WorkMaster,
     WorkMasterStatus,
@@ -266,11 +269,7 @@ async def set_operation_status(
     current = OperationStatus(op.status)
     target = rules.operation_target(action, current)
     if target is None:
-        raise InvalidTransition(
-            f"operation {order.number}/{op.seq} is {current}; it cannot {action}",
-            current_status=str(current),
-            rule="AC-3",
-        )
+        await _refuse(session, principal, op, order, action)
     op.status = target
     bump_version(op, ctx.clock.now())
     session.add(op)
@@ -287,6 +286,34 @@ async def set_operation_status(
             {"field": "seq", "old": None, "new": op.seq},
         ],
         reason=reason,
+    )
+
+
+async def _refuse(
+    session: AsyncSession, principal: Principal, op: Operation, order: WorkOrder, action: str
+) -> NoReturn:
+    """AC-3: an out-of-sequence action is refused and logged. Callers check the state before
+    they write anything, so the refusal's audit entry is all this request commits."""
+    current = OperationStatus(op.status)
+    await audit.record(
+        session,
+        principal,
+        action="refused",
+        entity_type="operation",
+        entity_id=op.id,
+        entity_version=op.version,
+        changes=[
+            {"field": "action", "old": None, "new": action},
+            {"field": "status", "old": str(current), "new": str(current)},
+            {"field": "work_order", "old": None, "new": order.number},
+        ],
+        reason=f"{action} refused: operation {order.number}/{op.seq} is {current} (AC-3)",
+    )
+    raise InvalidTransition(
+        f"operation {order.number}/{op.seq} is {current}; it cannot {action}",
+        current_status=str(current),
+        rule="AC-3",
+        persist=True,
     )
 
 
@@ -337,6 +364,19 @@ async def create(
     )
     if taken.first() is not None:
         raise Conflict(f"lot {lot_number} of {product.code} already exists", field="lot_number")
+    planned = await session.execute(
+        select(WorkOrder.number).where(
+            WorkOrder.product_id == product.id,
+            WorkOrder.lot_number == lot_number,
+            col(WorkOrder.status).not_in([WorkOrderStatus.cancelled, WorkOrderStatus.aborted]),
+        )
+    )
+    other = planned.scalars().first()
+    if other is not None:
+        raise Conflict(
+            f"lot {lot_number} of {product.code} is already planned by work order {other}",
+            field="lot_number",
+        )
     if data.due_at is not None and data.release_at is not None and data.due_at < data.release_at:
         raise InvalidInput("due_at is before release_at", field="due_at")
     now = ctx.clock.now()
@@ -472,9 +512,7 @@ async def cancel(
     await transition(ctx, session, principal, order, "cancel", reason)
     # Released orders have not started (the first start moves them to in_progress).
     for op in await operations_of(session, order, lock=True):
-        op.status = OperationStatus.aborted
-        bump_version(op, ctx.clock.now())
-        session.add(op)
+        await set_operation_status(ctx, session, principal, op, order, "abort", reason)
     return order
 
 
@@ -554,16 +592,7 @@ async def close(
     check_version(order, expected_version, f"work order {order.number}")
     if rules.order_target("close", WorkOrderStatus(order.status)) is None:
         await transition(ctx, session, principal, order, "close", data.reason)
-    executions = await session.execute(
-        select(OperationExecution).where(OperationExecution.work_order_id == order.id)
-    )
-    people = {
-        name
-        for ex in executions.scalars()
-        for name in (ex.started_by, ex.performer, ex.verifier)
-        if name is not None
-    }
-    if principal.username in people:
+    if principal.username in await participants(session, order):
         raise Forbidden(
             f"{principal.username} took part in work order {order.number} and cannot approve "
             "its record",
@@ -605,6 +634,35 @@ async def close(
         close_signature_id=esig.id,
     )
     return order, esig
+
+
+async def participants(session: AsyncSession, order: WorkOrder) -> set[str]:
+    """Everyone who did or recorded work on an order: started, performed, verified, cleared a
+    line, consumed or produced material, recorded values or checks (PR-6, AC-2)."""
+    people: set[str] = set()
+    executions = list(
+        (
+            await session.execute(
+                select(OperationExecution).where(OperationExecution.work_order_id == order.id)
+            )
+        ).scalars()
+    )
+    for ex in executions:
+        people.update(n for n in (ex.started_by, ex.performer, ex.verifier) if n is not None)
+    for op in await operations_of(session, order):
+        if op.clearance_by is not None:
+            people.add(op.clearance_by)
+    for column, where in (
+        (ParameterValue.username, ParameterValue.work_order_id == order.id),
+        (CheckResult.username, CheckResult.work_order_id == order.id),
+        (
+            MaterialTransaction.username,
+            col(MaterialTransaction.execution_id).in_([ex.id for ex in executions]),
+        ),
+    ):
+        rows = await session.execute(select(column).where(where).distinct())
+        people.update(rows.scalars())
+    return people
 
 
 async def _reconciliation_dispositioned(session: AsyncSession, order: WorkOrder) -> bool:

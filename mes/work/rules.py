@@ -25,10 +25,11 @@ OPERATION_ACTIONS: dict[str, tuple[frozenset[Op], Op]] = {
     "start": (frozenset({Op.ready}), Op.running),
     "pause": (frozenset({Op.running}), Op.paused),
     "resume": (frozenset({Op.paused}), Op.running),
-    "hold": (frozenset({Op.running, Op.paused}), Op.held),
+    "hold": (frozenset({Op.running}), Op.held),
     "release_hold": (frozenset({Op.held}), Op.running),
     "complete": (frozenset({Op.running}), Op.completed),
     "verify": (frozenset({Op.completed}), Op.verified),
+    "abort": (frozenset({Op.waiting, Op.ready}), Op.aborted),
 }
 
 # Work that may be recorded against an operation (consume, record, report output).

@@ -204,14 +204,36 @@ async def floor(ctx: AppContext, client: httpx.AsyncClient, actors: Actors) -> F
 # --- a faster shop floor for the rule tests ----------------------------------------------------
 #
 # Loading config/plant.yaml takes about a second, so the rule tests copy a template that already
-# holds the plant (a file copy on SQLite, CREATE DATABASE ... TEMPLATE on PostgreSQL): every test
-# still gets its own real database.
+# holds the plant, the people and the line-gw-1 key (a file copy on SQLite, CREATE DATABASE ...
+# TEMPLATE on PostgreSQL): every test still gets its own real database.
+
+PEOPLE: list[tuple[str, list[Role]]] = [(role, [Role(role)]) for role in ROLES] + [
+    ("operator2", [Role.operator]),
+    ("qa2", [Role.qa]),
+]
 
 
-async def _load_plant_into(url: str, var_dir: Path) -> None:
+@dataclass(frozen=True)
+class PlantTemplate:
+    location: str  # SQLite file or PostgreSQL database name
+    api_key: str  # the line-gw-1 key (shown once, when issued)
+
+
+async def _prepare_plant(url: str, var_dir: Path) -> str:
+    """Load the plant, create the people and issue the machine key; returns the key."""
     context = AppContext.build(make_settings(url, var_dir))
     try:
         await load_plant_file(context, system_principal("test"), PLANT)
+        for username, roles in PEOPLE:
+            await create_user(context, username, roles, full_name=f"{username} Person")
+        async with context.db.sessionmaker() as session, session.begin():
+            issued = await keys.create_api_key(
+                context,
+                session,
+                system_principal("test"),
+                ApiKeyCreate(name="line-gw-1", sources=["line-gw-1"], reason="test key"),
+            )
+        return issued.api_key
     finally:
         await context.close()
 
@@ -225,36 +247,39 @@ async def _pg_admin(sql: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def plant_template(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The migrated template database with the demo plant loaded."""
+def plant_template(
+    template_db: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PlantTemplate]:
+    """The migrated template database with the demo plant, people and machine key."""
     var_dir = tmp_path_factory.mktemp("plant")
     if BACKEND == "sqlite":
         path = var_dir / "plant.db"
         shutil.copyfile(template_db, path)
-        asyncio.run(_load_plant_into(f"sqlite+aiosqlite:///{path}", var_dir))
-        yield str(path)
+        key = asyncio.run(_prepare_plant(f"sqlite+aiosqlite:///{path}", var_dir))
+        yield PlantTemplate(str(path), key)
         return
     name = f"mes_plant_{os.getpid()}"
 
-    async def create() -> None:
+    async def create() -> str:
         await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-        await _load_plant_into(pg_url(name), var_dir)
+        return await _prepare_plant(pg_url(name), var_dir)
 
-    asyncio.run(create())
-    yield name
+    key = asyncio.run(create())
+    yield PlantTemplate(name, key)
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
-async def plant_database_url(plant_template: str, tmp_path: Path) -> AsyncIterator[str]:
+async def plant_database_url(plant_template: PlantTemplate, tmp_path: Path) -> AsyncIterator[str]:
+    """This test's own copy of the plant template."""
     if BACKEND == "sqlite":
         target = tmp_path / "mes.db"
-        shutil.copyfile(plant_template, target)
+        shutil.copyfile(plant_template.location, target)
         yield f"sqlite+aiosqlite:///{target}"
         return
     name = f"mes_t_{uuid.uuid4().hex[:16]}"
-    await _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{plant_template}"')
+    await _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{plant_template.location}"')
     yield pg_url(name)
     await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -298,6 +323,19 @@ class Shop(Floor):
         response = await self.post(f"/operations/{current['id']}/{action}", who, body, version)
         return problem_of(response, status, rule)
 
+    async def received_lot(self, material: str, lot: str, quantity: str, uom: str) -> Json:
+        """A received lot left in quarantine."""
+        body = {
+            "material_code": material,
+            "lot_number": lot,
+            "quantity": quantity,
+            "uom": uom,
+            "supplier": "Acme Chemicals",
+            "supplier_lot": f"S-{lot}",
+            "coa_ref": f"CoA-{lot}",
+        }
+        return await self.ok("/lots/receive", "operator", body, status=201)
+
     async def count(self, *models: type[SQLModel]) -> dict[str, int]:
         """Row counts of the given tables."""
         out: dict[str, int] = {}
@@ -339,9 +377,13 @@ class Shop(Floor):
             return found.scalar_one()
 
     async def work(self, number: str, seq: int, unit: str, who: str = "operator") -> None:
-        """Start an operation, record every parameter at its target (automatic ones through the
-        line-gw-1 key) and pass every check; the operation stays running."""
+        """Start an operation and record its values (``work_values``); it stays running."""
         await self.start(number, seq, unit, who)
+        await self.work_values(number, seq, who)
+
+    async def work_values(self, number: str, seq: int = 10, who: str = "operator") -> None:
+        """Record every parameter of a running operation at its target (automatic ones through
+        the line-gw-1 key) and pass every check."""
         order = await self.get(f"/work-orders/{number}")
         master = await self.get(
             f"/work-masters/{order['work_master_code']}/versions/{order['work_master_version']}"
@@ -436,7 +478,11 @@ def shop_app(tmp_path_factory: pytest.TempPathFactory) -> FastAPI:
 
 @pytest.fixture
 async def shop(
-    shop_app: FastAPI, plant_database_url: str, tmp_path: Path, clock: FakeClock
+    shop_app: FastAPI,
+    plant_template: PlantTemplate,
+    plant_database_url: str,
+    tmp_path: Path,
+    clock: FakeClock,
 ) -> AsyncIterator[Shop]:
     """The demo plant, every role logged in (plus operator2 and qa2) and the line-gw-1 key."""
     context = AppContext.build(make_settings(plant_database_url, tmp_path), clock=clock)
@@ -444,20 +490,8 @@ async def shop(
     try:
         transport = httpx.ASGITransport(app=shop_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://mes.test") as c:
-            headers: dict[str, dict[str, str]] = {}
-            people = [(role, [Role(role)]) for role in ROLES]
-            people += [("operator2", [Role.operator]), ("qa2", [Role.qa])]
-            for username, roles in people:
-                await create_user(context, username, roles, full_name=f"{username} Person")
-                headers[username] = await login(c, username)
-            async with context.db.sessionmaker() as session, session.begin():
-                issued = await keys.create_api_key(
-                    context,
-                    session,
-                    system_principal("test"),
-                    ApiKeyCreate(name="line-gw-1", sources=["line-gw-1"], reason="test key"),
-                )
-            headers["machine"] = {"X-API-Key": issued.api_key}
+            headers = {username: await login(c, username) for username, _ in PEOPLE}
+            headers["machine"] = {"X-API-Key": plant_template.api_key}
             yield Shop(c, Actors(headers), context, clock)
     finally:
         del shop_app.state.mes
