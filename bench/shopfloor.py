@@ -174,6 +174,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "is a QA e-signature; 1 gives every replacement order its own lot)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="mes serve worker processes (default 2: one event loop per core)",
+    )
+    parser.add_argument(
         "--password-hashing",
         choices=sorted(PROFILES),
         default="standard",
@@ -475,8 +481,9 @@ def free_port() -> int:
 class Server:
     """``mes serve`` as a subprocess; stopped by its pid."""
 
-    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], port: int, log_path: Path, workers: int) -> None:
         self.env = env
+        self.workers = workers
         self.port = port
         self.log_path = log_path
         self.base_url = f"http://127.0.0.1:{port}"
@@ -492,6 +499,8 @@ class Server:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--workers",
+            str(self.workers),
             env=self.env,
             cwd=REPO,
             stdout=self._log,
@@ -1004,6 +1013,23 @@ def proc_cpu(pid: int, tid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def family(pid: int) -> list[int]:
+    """A process and its children (the uvicorn workers of ``mes serve --workers N``)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="ascii").split()
+    except OSError:
+        children = []
+    return [pid, *(int(c) for c in children)]
+
+
+def family_cpu(pid: int) -> tuple[float, float]:
+    """(all threads, main threads) CPU seconds of a process and its children."""
+    pids = family(pid)
+    total = sum(proc_cpu(p) or 0.0 for p in pids)
+    main = sum(proc_cpu(p, p) or 0.0 for p in pids)
+    return total, main
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the machine since boot."""
     line = Path("/proc/stat").read_text(encoding="ascii").splitlines()[0].split()[1:]
@@ -1091,15 +1117,14 @@ async def cpu_probe(
     loop = asyncio.get_running_loop()
     out = CpuWindow()
     await asyncio.sleep(max(0.0, start - loop.time()))
-    s0 = proc_cpu(server_pid) or 0.0
-    l0 = proc_cpu(server_pid, server_pid) or 0.0
+    s0, l0 = family_cpu(server_pid)
     b0 = time.process_time()
     m0 = machine_cpu()
     pg_task = asyncio.create_task(pg.run(end, stop))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), max(0.0, end - loop.time()))
-    out.server = (proc_cpu(server_pid) or 0.0) - s0
-    out.server_loop = (proc_cpu(server_pid, server_pid) or 0.0) - l0
+    s1, l1 = family_cpu(server_pid)
+    out.server, out.server_loop = s1 - s0, l1 - l0
     out.bench = time.process_time() - b0
     m1 = machine_cpu()
     out.busy, out.total = m1[0] - m0[0], m1[1] - m0[1]
@@ -1266,7 +1291,7 @@ def report(
     cores = os.cpu_count() or 1
     print(
         f"CPU in the window ({cores} CPUs): mes serve {cpu.server / seconds:.2f} cores "
-        f"(event-loop thread {cpu.server_loop / seconds:.2f}, other threads "
+        f"(event-loop threads {cpu.server_loop / seconds:.2f}, other threads "
         f"{(cpu.server - cpu.server_loop) / seconds:.2f}), PostgreSQL backends of "
         f"{floor.database} {cpu.postgres / seconds:.2f} cores, load generator "
         f"{cpu.bench / seconds:.2f} cores; whole machine busy "
@@ -1323,7 +1348,7 @@ async def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="mes-bench-shopfloor-"))
     jwt_secret = secrets.token_urlsafe(48)
     env = server_env(target, tmp / "var", jwt_secret, args.password_hashing)
-    server = Server(env, free_port(), tmp / "server.log")
+    server = Server(env, free_port(), tmp / "server.log", args.workers)
     apis: list[Api] = []
     ok = False
     print(f"database: {make_url(target.url).render_as_string()}")
@@ -1343,7 +1368,10 @@ async def run(args: argparse.Namespace) -> int:
         await create_users(settings, n_ops)
         argon = argon2_cost(args.password_hashing)
         await server.start()
-        print(f"mes serve pid {server.pid} on {server.base_url} (one uvicorn worker)")
+        print(
+            f"mes serve pid {server.pid} on {server.base_url} "
+            f"({args.workers} uvicorn worker{'s' if args.workers > 1 else ''})"
+        )
 
         planner, qa, stores = (Api(server.base_url, n) for n in ("planner", "qa", "supervisor"))
         apis += [planner, qa, stores]

@@ -52,11 +52,15 @@ PENDING = "mes.audit.pending"
 
 def _seal(session: Session) -> None:
     """Chain and insert the entries a transaction recorded, as the last step before its
-    commit: the chain lock is held only for these inserts and the commit itself, so
-    concurrent transactions queue on it for milliseconds, never for a whole request."""
+    commit: the chain lock is held for three round trips (head, inserts, COMMIT), not for a
+    whole request. Under CPU saturation of the server each round trip waits for its event
+    loop, so the lock is the first queue that forms."""
     pending: list[AuditEntry] | None = session.info.pop(PENDING, None)
     if not pending:
         return
+    # Write the transaction's other changes first, so that under the lock only the chain
+    # head is read and the entries are inserted (then COMMIT releases it).
+    session.flush()
     if session.get_bind().dialect.name == "postgresql":
         # Serialise chain appends so concurrent transactions cannot fork the chain.
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_ID})
