@@ -36,6 +36,7 @@ from sqlalchemy import (
     Uuid,
     bindparam,
     cast,
+    exists,
     func,
     insert,
     literal_column,
@@ -179,25 +180,14 @@ class collect(FunctionElement[list[Any]]):
     name = "collect"
 
 
-class collect_distinct(collect):
-    """:class:`collect` of the distinct values of a group."""
-
-    inherit_cache = True
-    name = "collect_distinct"
-
-
 @compiles(collect)
 def _collect_array(element: collect, compiler: Any, **kw: Any) -> str:
-    return f"array_agg({_distinct(element)}{compiler.process(element.clauses, **kw)})"
+    return f"array_agg({compiler.process(element.clauses, **kw)})"
 
 
 @compiles(collect, "sqlite")
 def _collect_json(element: collect, compiler: Any, **kw: Any) -> str:
-    return f"json_group_array({_distinct(element)}{compiler.process(element.clauses, **kw)})"
-
-
-def _distinct(element: collect) -> str:
-    return "DISTINCT " if isinstance(element, collect_distinct) else ""
+    return f"json_group_array({compiler.process(element.clauses, **kw)})"
 
 
 # --- walks -------------------------------------------------------------------------------------
@@ -416,9 +406,10 @@ class RecallPart:
     """What a row of :func:`recall_stmt` is."""
 
     finished = 0
-    load = 1
-    shipment = 2
-    suspect = 3
+    serials = 1
+    load = 2
+    shipment = 3
+    suspect = 4
 
 
 RECALL_COLUMNS: dict[str, Any] = {
@@ -443,11 +434,14 @@ def recall_stmt() -> CompoundSelect[Any]:
     after ``part`` (:class:`RecallPart`), which says what each row is -
 
     - finished: the finished lots of one material, status and unit: material_code, gtin,
-      status, uom, and per lot (in one order) lot_numbers, quantities and serials;
+      status, uom, and per lot (in one order) lot_numbers and quantities;
+    - serials: the serialised ones among them of one material: material_code, and per lot
+      lot_numbers and serials (the count);
     - load: load_nos, every load any of them went through, once;
     - shipment: the shipments to one consignee in one unit: consignee, uom, and per shipment
       lot_numbers, quantities (as the ledger has them: negative) and ats;
     - suspect: the suspect lot's material_code.
+
     """
     start = bindparam("start", type_=Uuid())
     columns = (
@@ -470,38 +464,40 @@ def recall_stmt() -> CompoundSelect[Any]:
         .select_from(lot_material)
         .where(LOT.c.id == start, MATERIAL.c.gtin.is_not(None))
     )
-    # Read four times below: both databases materialise it once.
+    # Read by every part below: both databases materialise it once.
     finished = union_all(downstream, itself).cte("finished")
 
-    serials = (
-        select(SERIAL.c.lot_id, func.count().label("n"))
+    lots = select(
+        *_part(
+            RecallPart.finished,
+            RECALL_COLUMNS,
+            material_code=finished.c.code,
+            gtin=finished.c.gtin,
+            status=finished.c.status,
+            uom=finished.c.uom,
+            lot_numbers=collect(finished.c.lot_number),
+            quantities=collect(finished.c.remaining_qty),
+        )
+    ).group_by(finished.c.code, finished.c.gtin, finished.c.status, finished.c.uom)
+    counted = (
+        select(finished.c.code, finished.c.lot_number, func.count().label("n"))
         .select_from(SERIAL.join(finished, finished.c.id == SERIAL.c.lot_id))
-        .group_by(SERIAL.c.lot_id)
-        .subquery("serials")
+        .group_by(finished.c.id, finished.c.code, finished.c.lot_number)
+        .subquery("counted")
     )
-    lots = (
-        select(
-            *_part(
-                RecallPart.finished,
-                RECALL_COLUMNS,
-                material_code=finished.c.code,
-                gtin=finished.c.gtin,
-                status=finished.c.status,
-                uom=finished.c.uom,
-                lot_numbers=collect(finished.c.lot_number),
-                quantities=collect(finished.c.remaining_qty),
-                serials=collect(func.coalesce(serials.c.n, literal_column("0"))),
-            )
+    serials = select(
+        *_part(
+            RecallPart.serials,
+            RECALL_COLUMNS,
+            material_code=counted.c.code,
+            lot_numbers=collect(counted.c.lot_number),
+            serials=collect(counted.c.n),
         )
-        .select_from(finished.outerjoin(serials, serials.c.lot_id == finished.c.id))
-        .group_by(finished.c.code, finished.c.gtin, finished.c.status, finished.c.uom)
-    )
-    loads = select(
-        *_part(RecallPart.load, RECALL_COLUMNS, load_nos=collect_distinct(LOAD.c.load_no))
-    ).select_from(
-        finished.join(LOAD_ITEM, LOAD_ITEM.c.lot_id == finished.c.id).join(
-            LOAD, LOAD.c.id == LOAD_ITEM.c.load_id
-        )
+    ).group_by(counted.c.code)
+    loads = select(*_part(RecallPart.load, RECALL_COLUMNS, load_nos=collect(LOAD.c.load_no))).where(
+        exists()
+        .select_from(LOAD_ITEM.join(finished, finished.c.id == LOAD_ITEM.c.lot_id))
+        .where(LOAD_ITEM.c.load_id == LOAD.c.id)
     )
     shipments = (
         select(
@@ -526,7 +522,7 @@ def recall_stmt() -> CompoundSelect[Any]:
         .select_from(lot_material)
         .where(LOT.c.id == start)
     )
-    return union_all(lots, loads, shipments, suspect)
+    return union_all(lots, serials, loads, shipments, suspect)
 
 
 def recall_settings_stmt() -> Select[Any]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import gc
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from itertools import repeat
-from operator import itemgetter, neg
+from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -72,9 +72,9 @@ def _no_cycle_collection() -> Iterator[None]:
             gc.enable()
 
 
-def positional(model: type[ModelT]) -> Callable[[Sequence[Any]], ModelT]:
-    """A constructor of ``model`` from a sequence of values in field order that the database
-    already typed.
+def unvalidated(model: type[ModelT]) -> Callable[[dict[str, Any]], ModelT]:
+    """A constructor of ``model`` from a dict of every one of its fields, with values the
+    database already typed.
 
     It makes what ``model_construct`` makes (no validation; every field set), without the
     per-field handling of defaults and aliases that such models do not have - that handling
@@ -88,14 +88,13 @@ def positional(model: type[ModelT]) -> Callable[[Sequence[Any]], ModelT]:
         or model.model_config.get("extra") == "allow"
     ):
         raise TypeError(f"{model.__name__} needs model_construct")
-    names = tuple(fields)
-    every_field = set(names)
+    every_field = set(fields)
     new = model.__new__
     put = object.__setattr__
 
-    def make(values: Sequence[Any]) -> ModelT:
+    def make(values: dict[str, Any]) -> ModelT:
         obj = new(model)
-        put(obj, "__dict__", dict(zip(names, values, strict=False)))
+        put(obj, "__dict__", values)
         put(obj, "__pydantic_fields_set__", every_field)
         put(obj, "__pydantic_extra__", None)
         put(obj, "__pydantic_private__", None)
@@ -104,10 +103,10 @@ def positional(model: type[ModelT]) -> Callable[[Sequence[Any]], ModelT]:
     return make
 
 
-_node = positional(TraceNode)
-_trace_edge = positional(TraceEdge)
-_impacted = positional(ImpactedLot)
-_shipment = positional(Shipment)
+_node = unvalidated(TraceNode)
+_trace_edge = unvalidated(TraceEdge)
+_impacted = unvalidated(ImpactedLot)
+_shipment = unvalidated(Shipment)
 
 
 # Lots that can still be blended: not blocked by a quality decision.
@@ -368,6 +367,7 @@ async def trace(session: AsyncSession, lot: Lot, direction: Direction, max_depth
 
 
 def _trace(rows: Iterable[Any], lot: Lot, direction: Direction, max_depth: int) -> Trace:
+    """The trace of ``lot`` from the rows of ``repository.trace_stmt``."""
     nodes: dict[Any, tuple[Any, ...]] = {}
     loads: dict[Any, list[str]] = defaultdict(list)
     edges: list[tuple[Any, ...]] = []
@@ -404,14 +404,34 @@ def _trace(rows: Iterable[Any], lot: Lot, direction: Direction, max_depth: int) 
         max_depth=max_depth,
         depth_limited=limited,
         nodes=[
-            _node((number, code, kind, status, quantity, uom, depth, sorted(loads.get(key, ()))))
+            _node(
+                {
+                    "lot_number": number,
+                    "material_code": code,
+                    "material_kind": kind,
+                    "status": status,
+                    "quantity": quantity,
+                    "uom": uom,
+                    "depth": depth,
+                    "loads": sorted(loads.get(key, ())),
+                }
+            )
             for key, (depth, number, code, kind, status, quantity, uom) in sorted(
                 nodes.items(), key=lambda item: (item[1][0], item[1][1])
             )
         ],
         edges=sorted(
             (
-                _trace_edge((numbers[parent], numbers[child], kind, quantity, uom, execution_id))
+                _trace_edge(
+                    {
+                        "parent": numbers[parent],
+                        "child": numbers[child],
+                        "kind": kind,
+                        "quantity": quantity,
+                        "uom": uom,
+                        "execution_id": execution_id,
+                    }
+                )
                 for parent, child, kind, quantity, uom, execution_id in edges
                 if parent in numbers and child in numbers
             ),
@@ -431,7 +451,9 @@ async def recall_impact(session: AsyncSession, lot: Lot) -> RecallImpact:
 
 
 def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
-    finished: list[tuple[Any, ...]] = []
+    """The recall impact of ``lot`` from the rows of ``repository.recall_stmt``."""
+    groups: list[tuple[Any, ...]] = []
+    serials: dict[tuple[str, str], int] = {}
     loads: list[str] = []
     shipments: list[tuple[Any, ...]] = []
     material_code = ""
@@ -444,44 +466,57 @@ def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
         consignee,
         numbers,
         quantities,
-        serials,
+        counts,
         ats,
         load_nos,
     ) in rows:
         if part == RecallPart.finished:
-            # ImpactedLot's fields: lot_number, material_code, gtin, status, quantity, uom,
-            # serials
-            finished += zip(
-                numbers,
-                repeat(code),
-                repeat(gtin),
-                repeat(status),
-                quantities,
-                repeat(uom),
-                serials,
-                strict=False,
-            )
+            groups.append((code, gtin, status, uom, numbers, quantities))
+        elif part == RecallPart.serials:
+            serials.update(zip(zip(numbers, repeat(code), strict=False), counts, strict=True))
         elif part == RecallPart.load:
             loads = sorted(load_nos or ())
         elif part == RecallPart.shipment:
-            shipments += zip(
-                ats, numbers, repeat(consignee), map(neg, quantities), repeat(uom), strict=False
-            )
+            shipments += zip(ats, numbers, repeat(consignee), quantities, repeat(uom), strict=False)
         else:
             material_code = code
-    # By lot number, then material (a lot number is unique per material, so plain tuple
-    # order never compares further); shipments by time, then lot number.
-    finished.sort()
+    finished: list[ImpactedLot] = []
+    # In material order, so that the stable sort by lot number below breaks its ties (one
+    # number in two materials) by material.
+    for code, gtin, status, uom, numbers, quantities in sorted(groups, key=itemgetter(0)):
+        for number, quantity in zip(numbers, quantities, strict=True):
+            finished.append(
+                _impacted(
+                    {
+                        "lot_number": number,
+                        "material_code": code,
+                        "gtin": gtin,
+                        "status": status,
+                        "quantity": quantity,
+                        "uom": uom,
+                        "serials": serials.get((number, code), 0) if serials else 0,
+                    }
+                )
+            )
+    finished.sort(key=attrgetter("lot_number"))
     shipments.sort(key=itemgetter(0, 1))
     return RecallImpact.model_construct(
         suspect_lot=lot.lot_number,
         material_code=material_code,
-        finished_lots=list(map(_impacted, finished)),
+        finished_lots=finished,
         finished_lot_count=len(finished),
-        serial_count=sum(map(itemgetter(6), finished)),
+        serial_count=sum(serials.values()),
         loads=loads,
         shipments=[
-            _shipment((number, consignee, quantity, uom, at))
+            _shipment(
+                {
+                    "lot_number": number,
+                    "consignee": consignee,
+                    "quantity": -quantity,
+                    "uom": uom,
+                    "at": at,
+                }
+            )
             for at, number, consignee, quantity, uom in shipments
         ],
     )

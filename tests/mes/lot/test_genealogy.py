@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +21,17 @@ from mes.equipment import service as equipment
 from mes.equipment.schemas import EquipmentClassCreate, EquipmentCreate
 from mes.genealogy import repository as repo
 from mes.genealogy import service as genealogy
-from mes.genealogy.repository import EDGE, LOAD, LOAD_ITEM, LOT, MATERIAL, REACH, TX, Direction
+from mes.genealogy.repository import (
+    EDGE,
+    LOAD,
+    LOAD_ITEM,
+    LOT,
+    MATERIAL,
+    REACH,
+    SERIAL,
+    TX,
+    Direction,
+)
 from mes.genealogy.schemas import (
     MergeRequest,
     ProduceRequest,
@@ -29,7 +39,7 @@ from mes.genealogy.schemas import (
     SplitRequest,
     TraceEdge,
 )
-from mes.genealogy.service import positional
+from mes.genealogy.service import unvalidated
 from mes.lot import containers, ledger
 from mes.lot import service as lots
 from mes.lot.schemas import LoadCreate, LotReceive, TransactionRequest
@@ -449,8 +459,11 @@ async def assert_closure(ctx: AppContext) -> None:
     assert await _closure(ctx) == expected
 
 
-async def _walked_recall(ctx: AppContext, lot_id: uuid.UUID) -> tuple[set[str], set[str], set[Any]]:
-    """Finished lots, loads and shipments of a recall, from a recursive walk of the edges."""
+async def _walked_recall(
+    ctx: AppContext, lot_id: uuid.UUID
+) -> tuple[dict[str, int], set[str], set[Any]]:
+    """Finished lots (with their serial counts), loads and shipments of a recall, from a
+    recursive walk of the edges."""
     walk = repo.walk_cte("walk", "start", Direction.forward)
     finished_lots = (
         select(LOT.c.id, LOT.c.lot_number)
@@ -472,8 +485,9 @@ async def _walked_recall(ctx: AppContext, lot_id: uuid.UUID) -> tuple[set[str], 
         shipped = await s.execute(
             select(TX.c.lot_id, TX.c.consignee, TX.c.quantity).where(TX.c.kind == "shipped")
         )
+        serials = Counter(x for (x,) in await s.execute(select(SERIAL.c.lot_id)))
         return (
-            set(found.values()),
+            {number: serials[x] for x, number in found.items()},
             {load_no for load_no, member in loads if member in found},
             {(found[x], consignee, -qty) for x, consignee, qty in shipped if x in found},
         )
@@ -487,8 +501,9 @@ async def assert_recalls_match_the_walk(ctx: AppContext) -> int:
         async with ctx.db.sessionmaker() as s:
             impact = await genealogy.recall_impact(s, lot)
         finished, loads, shipments = await _walked_recall(ctx, lot.id)
-        assert {f.lot_number for f in impact.finished_lots} == finished, lot.lot_number
+        assert {f.lot_number: f.serials for f in impact.finished_lots} == finished, lot.lot_number
         assert impact.finished_lot_count == len(finished)
+        assert impact.serial_count == sum(finished.values())
         assert impact.loads == sorted(loads)
         assert {(x.lot_number, x.consignee, x.quantity) for x in impact.shipments} == shipments
     return len(every)
@@ -501,6 +516,15 @@ async def test_lot_reach_is_the_closure_and_every_recall_matches_the_walk(
     closure of the edges and every lot's recall equals the recursive walk's."""
     await assert_closure(history)
     assert await assert_recalls_match_the_walk(history) == 14
+    for lot, serials in (("PK-1", ["P1", "P2", "P3"]), ("SUT-1", ["S1", "S2"])):
+        async with history.db.sessionmaker() as s, s.begin():
+            found = await lots.get_lot(s, lot)
+            await containers.add_serials(history, s, ME, found, serials, "serialised")
+    assert await assert_recalls_match_the_walk(history) == 14
+    async with history.db.sessionmaker() as s:
+        impact = await genealogy.recall_impact(s, await lots.get_lot(s, "RES-1A"))
+    assert [(f.lot_number, f.serials) for f in impact.finished_lots] == [("PK-1", 3), ("SUT-1", 2)]
+    assert impact.serial_count == 5
 
 
 async def test_lot_reach_grows_with_every_operation(ctx: AppContext) -> None:
@@ -643,16 +667,24 @@ async def test_a_lot_in_two_loads(history: AppContext) -> None:
     assert RecallImpact.model_validate_json(impact.model_dump_json()) == impact
 
 
-def test_positional_models_equal_validated_ones() -> None:
-    made = positional(TraceEdge)(("A", "B", "merge", Decimal("1.5"), "kg", uuid.UUID(int=7)))
-    checked = TraceEdge(
-        parent="A", child="B", kind="merge", quantity="1.5", uom="kg", execution_id=uuid.UUID(int=7)
-    )
+def test_unvalidated_models_equal_validated_ones() -> None:
+    values = {
+        "parent": "A",
+        "child": "B",
+        "kind": "merge",
+        "quantity": Decimal("1.5"),
+        "uom": "kg",
+        "execution_id": uuid.UUID(int=7),
+    }
+    made = unvalidated(TraceEdge)(dict(values))
+    checked = TraceEdge.model_validate(values)
     assert made == checked
     assert made.model_dump_json() == checked.model_dump_json()
     assert made.model_fields_set == checked.model_fields_set
+    made.uom = "g"  # an assignment leaves the other instances alone
+    assert unvalidated(TraceEdge)(dict(values)).uom == "kg"
     with pytest.raises(TypeError, match="model_construct"):
-        positional(ProduceRequest)  # fields with defaults
+        unvalidated(ProduceRequest)  # fields with defaults
 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite runs one writer at a time")
