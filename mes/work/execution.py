@@ -22,7 +22,6 @@ from mes.lot import containers, ledger
 from mes.lot import service as lots
 from mes.models import (
     CheckResult,
-    Deviation,
     EdgeKind,
     Equipment,
     EquipmentStatus,
@@ -44,7 +43,7 @@ from mes.models import (
     WorkOrder,
     WorkOrderStatus,
 )
-from mes.principal import Principal, PrincipalKind
+from mes.principal import Principal
 from mes.records import bump_version, check_version
 from mes.signature import service as signatures
 from mes.signature.schemas import SignatureInput
@@ -52,14 +51,9 @@ from mes.udi import service as scans
 from mes.udi.rules import escape_raw
 from mes.work import deviations, orders, rules
 from mes.work.schemas import (
-    CheckEntry,
-    CheckResultPublic,
     ConsumeRequest,
     LineClearance,
     OutputRequest,
-    ParameterEntry,
-    ParameterValuePublic,
-    RecordRequest,
     StartRequest,
 )
 
@@ -95,7 +89,7 @@ async def public(session: AsyncSession, op: Operation, order: WorkOrder) -> Any:
     return (await orders.operations_public(session, [(op, order)]))[0]
 
 
-async def _execution(session: AsyncSession, op: Operation) -> OperationExecution:
+async def execution_of(session: AsyncSession, op: Operation) -> OperationExecution:
     ex = await session.get(OperationExecution, op.execution_id) if op.execution_id else None
     if ex is None:  # pragma: no cover - running operations always have one
         raise InvalidTransition(f"operation {op.seq} has not started")
@@ -111,7 +105,7 @@ def _check_order_active(order: WorkOrder) -> None:
         )
 
 
-def _check_recording(op: Operation, order: WorkOrder, what: str) -> None:
+def check_recording(op: Operation, order: WorkOrder, what: str) -> None:
     _check_order_active(order)
     status = OperationStatus(op.status)
     if status not in rules.RECORDING:
@@ -340,7 +334,7 @@ async def pause(
     op, order = await get(session, ident, lock=True)
     check_version(op, expected_version, f"operation {order.number}/{op.seq}")
     await orders.set_operation_status(ctx, session, principal, op, order, "pause", reason)
-    ex = await _execution(session, op)
+    ex = await execution_of(session, op)
     ex.paused_at = ctx.clock.now()
     session.add(ex)
     return op, order
@@ -357,7 +351,7 @@ async def resume(
     check_version(op, expected_version, f"operation {order.number}/{op.seq}")
     _check_order_active(order)
     await orders.set_operation_status(ctx, session, principal, op, order, "resume", "resumed")
-    ex = await _execution(session, op)
+    ex = await execution_of(session, op)
     now = ctx.clock.now()
     if ex.paused_at is not None:
         ex.paused_min += Decimal((now - ex.paused_at).total_seconds()) / Decimal(60)
@@ -387,7 +381,7 @@ async def release_hold(
             + ", ".join(d.number for d in open_devs),
             rule="PROC-2",
         )
-    ex = await _execution(session, op)
+    ex = await execution_of(session, op)
     esig = await _sign(
         ctx, session, principal, op, order, ex, "running", signature, SignatureMeaning.approved
     )
@@ -521,7 +515,7 @@ async def consume(
     (ID-1, conditional release only where the line allows it), within the BOM tolerance
     (TR-1), never below zero (TR-4). Linked into the genealogy of the order's output."""
     op, order = await get(session, ident, lock=True)
-    _check_recording(op, order, "material is consumed")
+    check_recording(op, order, "material is consumed")
     lot, scanned = await _lot_for(ctx, session, principal, data)
     m = await lots.material_of(session, lot)
     spec = orders.op_spec(order, op.seq)
@@ -538,7 +532,7 @@ async def consume(
         raise InvalidInput("a typed lot needs a reason (ID-1)", rule="ID-1", field="reason")
     qty = lots.convert_quantity(data.quantity, data.uom, line["uom"], "uom")
     _, _, high = rules.bom_window(line, order.quantity)
-    ex = await _execution(session, op)
+    ex = await execution_of(session, op)
     already = _net(await _consumed(session, order, m.id, ex.id), line["uom"])
     if already + qty > high:
         raise Conflict(
@@ -580,220 +574,6 @@ async def _link(
     )
 
 
-# --- parameters and checks ------------------------------------------------------------------
-
-
-async def record(
-    ctx: AppContext,
-    session: AsyncSession,
-    principal: Principal,
-    ident: str,
-    data: RecordRequest,
-) -> tuple[Operation, WorkOrder, list[ParameterValue], list[CheckResult]]:
-    """Values are kept as measured (PROC-2); outside the action limits a deviation opens and
-    blocks completion, and a critical parameter also holds the operation."""
-    op, order = await get(session, ident, lock=True)
-    _check_recording(op, order, "values are recorded")
-    ex = await _execution(session, op)
-    spec = orders.op_spec(order, op.seq)
-    params = {p["name"]: p for p in spec.get("parameters", [])}
-    checks = {c["name"]: c for c in spec.get("checks", [])}
-    now = ctx.clock.now()
-    if any(entry.source == "auto" for entry in data.parameters):
-        unit = await session.get(Equipment, ex.equipment_id)
-        assert unit is not None  # foreign key
-        problems = equipment.usability(unit, now)
-        if problems:
-            raise Forbidden(
-                f"automatic values come only from usable equipment; {unit.code}: "
-                + ", ".join(problems),
-                rule="AC-4",
-            )
-    values: list[ParameterValue] = []
-    hold_reasons: list[str] = []
-    for i, entry in enumerate(data.parameters):
-        p = params.get(entry.name)
-        if p is None:
-            raise InvalidInput(
-                f"operation {op.seq} has no parameter {entry.name!r}; it has "
-                + (", ".join(sorted(params)) or "none"),
-                field=f"parameters[{i}].name",
-            )
-        value = _parameter_value(principal, p, entry, i)
-        state = rules.limit_state(p, value)
-        pv = ParameterValue(
-            execution_id=ex.id,
-            work_order_id=order.id,
-            name=entry.name,
-            value=value,
-            uom=p["uom"],
-            entered_value=entry.value,
-            entered_uom=entry.uom,
-            source=entry.source,
-            instrument=entry.instrument,
-            limit_state=state,
-            at=now,
-            username=principal.username,
-            reason=entry.reason,
-        )
-        if state == "action":
-            dev = await deviations.open_deviation(
-                session,
-                principal,
-                kind="cpp" if p.get("critical") else "parameter",
-                description=(
-                    f"{order.number}/{op.seq} {entry.name} = {value} {p['uom']} outside the "
-                    f"action limits [{p.get('action_low')}, {p.get('action_high')}]"
-                ),
-                now=now,
-                work_order=order,
-                operation=op,
-            )
-            pv.deviation_id = dev.id
-            if p.get("critical"):
-                hold_reasons.append(f"critical parameter {entry.name} out of limits ({dev.number})")
-        session.add(pv)
-        values.append(pv)
-    results: list[CheckResult] = []
-    for i, check in enumerate(data.checks):
-        results.append(await _check(ctx, session, principal, op, order, ex, checks, check, i))
-    await session.flush()
-    await audit.record(
-        session,
-        principal,
-        action="record",
-        entity_type="operation",
-        entity_id=op.id,
-        entity_version=op.version,
-        changes=[
-            *(
-                {
-                    "field": f"parameter:{v.name}",
-                    "old": None,
-                    "new": f"{v.value} {v.uom} ({v.limit_state})",
-                }
-                for v in values
-            ),
-            *(
-                {"field": f"check:{c.name}", "old": None, "new": "pass" if c.passed else "fail"}
-                for c in results
-            ),
-        ],
-        reason=f"values recorded for {order.number}/{op.seq}",
-    )
-    if hold_reasons:
-        await orders.set_operation_status(
-            ctx, session, principal, op, order, "hold", "; ".join(hold_reasons)
-        )
-    return op, order, values, results
-
-
-def _parameter_value(
-    principal: Principal, p: dict[str, Any], entry: ParameterEntry, i: int
-) -> Decimal:
-    if entry.source == "auto" and principal.kind != PrincipalKind.machine:
-        raise Forbidden(
-            "automatic values come only from registered equipment (API key)",
-            rule="AC-4",
-            field=f"parameters[{i}].source",
-        )
-    if p.get("capture") == "auto" and entry.source == "manual" and not entry.reason:
-        raise InvalidInput(
-            f"{entry.name} is captured automatically; a manual value needs a reason",
-            rule="AC-4",
-            field=f"parameters[{i}].reason",
-        )
-    if p.get("capture") == "lab":
-        raise InvalidInput(
-            f"{entry.name} is a laboratory result; it is entered in the lab, not on the floor",
-            field=f"parameters[{i}].name",
-        )
-    return lots.convert_quantity(entry.value, entry.uom, p["uom"], f"parameters[{i}].uom")
-
-
-async def _check(
-    ctx: AppContext,
-    session: AsyncSession,
-    principal: Principal,
-    op: Operation,
-    order: WorkOrder,
-    ex: OperationExecution,
-    checks: dict[str, Any],
-    entry: CheckEntry,
-    i: int,
-) -> CheckResult:
-    if entry.name not in checks:
-        raise InvalidInput(
-            f"operation {op.seq} has no check {entry.name!r}; it has "
-            + (", ".join(sorted(checks)) or "none"),
-            field=f"checks[{i}].name",
-        )
-    now = ctx.clock.now()
-    result = CheckResult(
-        execution_id=ex.id,
-        work_order_id=order.id,
-        name=entry.name,
-        passed=entry.passed,
-        note=entry.note,
-        instrument=entry.instrument,
-        at=now,
-        username=principal.username,
-    )
-    if not entry.passed:
-        dev = await deviations.open_deviation(
-            session,
-            principal,
-            kind="check",
-            description=f"{order.number}/{op.seq} check {entry.name} failed"
-            + (f": {entry.note}" if entry.note else ""),
-            now=now,
-            work_order=order,
-            operation=op,
-        )
-        result.deviation_id = dev.id
-    session.add(result)
-    return result
-
-
-async def deviation_numbers(
-    session: AsyncSession, ids: list[uuid.UUID | None]
-) -> dict[uuid.UUID, str]:
-    wanted = {i for i in ids if i is not None}
-    if not wanted:
-        return {}
-    rows = await session.execute(
-        select(Deviation.id, Deviation.number).where(col(Deviation.id).in_(wanted))
-    )
-    return {row.id: row.number for row in rows}
-
-
-def value_public(v: ParameterValue, numbers: dict[uuid.UUID, str]) -> ParameterValuePublic:
-    return ParameterValuePublic(
-        id=v.id,
-        name=v.name,
-        value=v.value.quantize(Decimal("0.000001")),
-        uom=v.uom,
-        source=v.source,
-        instrument=v.instrument,
-        limit_state=v.limit_state,
-        deviation=numbers.get(v.deviation_id) if v.deviation_id else None,
-        at=v.at,
-        username=v.username,
-    )
-
-
-def check_public(c: CheckResult, numbers: dict[uuid.UUID, str]) -> CheckResultPublic:
-    return CheckResultPublic(
-        name=c.name,
-        passed=c.passed,
-        note=c.note,
-        instrument=c.instrument,
-        deviation=numbers.get(c.deviation_id) if c.deviation_id else None,
-        at=c.at,
-        username=c.username,
-    )
-
-
 # --- output ---------------------------------------------------------------------------------
 
 
@@ -807,7 +587,7 @@ async def report_output(
     """The produced lot (quarantine; a pilot batch's lot is flagged and never released),
     its serials, and the genealogy edges from every lot the order consumed (TR-1)."""
     op, order = await get(session, ident, lock=True)
-    _check_recording(op, order, "output is reported")
+    check_recording(op, order, "output is reported")
     spec = orders.op_spec(order, op.seq)
     if not spec.get("reports_output"):
         raise Conflict(
@@ -819,7 +599,7 @@ async def report_output(
     scrap = lots.convert_quantity(data.scrap_quantity, data.uom, order.uom, "uom")
     sampled = lots.convert_quantity(data.sampled_quantity, data.uom, order.uom, "uom")
     in_lot_uom = lots.convert_quantity(data.quantity, data.uom, product.base_uom, "uom")
-    ex = await _execution(session, op)
+    ex = await execution_of(session, op)
     now = ctx.clock.now()
     if order.output_lot_id is None:
         lot, _ = await lots.create_lot(
@@ -975,7 +755,7 @@ async def complete(
     _check_order_active(order)
     if rules.operation_target("complete", OperationStatus(op.status)) is None:
         await orders.set_operation_status(ctx, session, principal, op, order, "complete", "-")
-    ex = await _execution(session, op)
+    ex = await execution_of(session, op)
     problems = await _completion_problems(session, op, order, ex)
     if problems:
         raise Conflict(
@@ -1035,7 +815,7 @@ async def verify(
         )
     if rules.operation_target("verify", OperationStatus(op.status)) is None:
         await orders.set_operation_status(ctx, session, principal, op, order, "verify", "-")
-    ex = await _execution(session, op)
+    ex = await execution_of(session, op)
     if principal.username in (ex.performer, ex.started_by):
         raise Forbidden("the verifier must be a different person from the performer", rule="AC-2")
     esig = await _sign(
@@ -1102,76 +882,8 @@ async def _signable(session: AsyncSession, ident: str) -> tuple[int, dict[str, A
         return None
     if op.execution_id is None:
         return None
-    ex = await _execution(session, op)
+    ex = await execution_of(session, op)
     return op.version, operation_view(op, order, ex)
 
 
 signatures.register_signable("operation", _signable)
-
-
-# --- dispatch queue and rescheduling -----------------------------------------------------------
-
-
-async def queue(session: AsyncSession, work_center_code: str) -> list[tuple[Operation, WorkOrder]]:
-    """Ready operations of a work center: by planned start, then priority, then due date."""
-    wc = await equipment.get(session, work_center_code)
-    stmt = (
-        select(Operation, WorkOrder)
-        .join(WorkOrder, col(WorkOrder.id) == Operation.work_order_id)
-        .where(
-            Operation.work_center_id == wc.id,
-            Operation.status == OperationStatus.ready,
-            col(WorkOrder.status).in_([s.value for s in ACTIVE_ORDER]),
-        )
-        .order_by(
-            col(Operation.planned_start).is_(None),
-            col(Operation.planned_start),
-            col(WorkOrder.priority),
-            col(WorkOrder.due_at).is_(None),
-            col(WorkOrder.due_at),
-            col(WorkOrder.number),
-            col(Operation.seq),
-        )
-    )
-    return [(op, order) for op, order in (await session.execute(stmt)).all()]
-
-
-async def mark_for_reschedule(
-    ctx: AppContext,
-    session: AsyncSession,
-    principal: Principal,
-    unit: Equipment,
-    reason: str,
-) -> int:
-    """A unit went down: its scheduled operations that have not started need a new slot."""
-    stmt = (
-        select(Operation)
-        .where(
-            Operation.equipment_id == unit.id,
-            col(Operation.status).in_([OperationStatus.waiting, OperationStatus.ready]),
-            col(Operation.needs_reschedule).is_(False),
-        )
-        .with_for_update()
-    )
-    count = 0
-    now = ctx.clock.now()
-    for op in (await session.execute(stmt)).scalars():
-        op.needs_reschedule = True
-        op.reschedule_reason = f"{unit.code} down: {reason}"[:1000]
-        bump_version(op, now)
-        session.add(op)
-        await audit.record(
-            session,
-            principal,
-            action="needs_reschedule",
-            entity_type="operation",
-            entity_id=op.id,
-            entity_version=op.version,
-            changes=[{"field": "needs_reschedule", "old": False, "new": True}],
-            reason=op.reschedule_reason,
-        )
-        count += 1
-    return count
-
-
-equipment.on_status_change(EquipmentStatus.down, mark_for_reschedule)

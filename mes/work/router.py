@@ -29,7 +29,15 @@ from mes.models import DeviationStatus, Role, WorkMasterStatus, WorkOrderStatus
 from mes.principal import Principal
 from mes.signature import service as signatures
 from mes.signature.schemas import SignatureInput, SignaturePublic
-from mes.work import deviations, execution, masters, orders, qualifications
+from mes.work import (
+    deviations,
+    dispatch,
+    execution,
+    masters,
+    orders,
+    qualifications,
+    recording,
+)
 from mes.work import record as production_record
 from mes.work.schemas import (
     ActionReason,
@@ -571,14 +579,14 @@ async def record_values(
 ) -> RecordResult:
     """Parameter values and in-process checks, kept as measured; a value outside the action
     limits or a failed check opens a deviation (PROC-2)."""
-    op, order, values, checks = await execution.record(ctx, session, principal, ident, body)
-    numbers = await execution.deviation_numbers(
+    op, order, values, checks = await recording.record(ctx, session, principal, ident, body)
+    numbers = await recording.deviation_numbers(
         session, [v.deviation_id for v in values] + [c.deviation_id for c in checks]
     )
     return RecordResult(
         operation=await _op_answer(session, op, order, response),
-        parameters=[execution.value_public(v, numbers) for v in values],
-        checks=[execution.check_public(c, numbers) for c in checks],
+        parameters=[recording.value_public(v, numbers) for v in values],
+        checks=[recording.check_public(c, numbers) for c in checks],
     )
 
 
@@ -670,7 +678,7 @@ async def release_operation_hold(
 @router.get("/work-centers/{code}/queue", response_model=QueueList, tags=["operations"])
 async def dispatch_queue(code: str, session: SessionDep, _: Reader) -> QueueList:
     """Ready operations of a work center in dispatch order: planned start, priority, due."""
-    pairs = await execution.queue(session, code)
+    pairs = await dispatch.queue(session, code)
     return QueueList(work_center_code=code, items=await orders.operations_public(session, pairs))
 
 
