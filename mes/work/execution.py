@@ -85,6 +85,15 @@ async def get(
     return op, order
 
 
+async def locked(
+    session: AsyncSession, ident: str, expected_version: int | None
+) -> tuple[Operation, WorkOrder]:
+    """The operation and its order, row-locked, at the client's If-Match version."""
+    op, order = await get(session, ident, lock=True)
+    check_version(op, expected_version, f"operation {order.number}/{op.seq}")
+    return op, order
+
+
 async def public(session: AsyncSession, op: Operation, order: WorkOrder) -> Any:
     return (await orders.operations_public(session, [(op, order)]))[0]
 
@@ -191,8 +200,7 @@ async def line_clearance(
     data: LineClearance,
 ) -> tuple[Operation, WorkOrder]:
     """The operator confirms the line is clear of the previous product before starting."""
-    op, order = await get(session, ident, lock=True)
-    check_version(op, expected_version, f"operation {order.number}/{op.seq}")
+    op, order = await locked(session, ident, expected_version)
     _check_order_active(order)
     if OperationStatus(op.status) not in (OperationStatus.waiting, OperationStatus.ready):
         raise InvalidTransition(
@@ -259,11 +267,9 @@ async def start(
 ) -> tuple[Operation, WorkOrder]:
     """ready -> running (AC-3), refused on unusable, busy or ineligible equipment (PROC-3), an
     unconfirmed line clearance, or an operator without the qualification (AC-7)."""
-    op, order = await get(session, ident, lock=True)
-    check_version(op, expected_version, f"operation {order.number}/{op.seq}")
+    op, order = await locked(session, ident, expected_version)
     _check_order_active(order)
-    if rules.operation_target("start", OperationStatus(op.status)) is None:
-        await orders.set_operation_status(ctx, session, principal, op, order, "start", "start")
+    await orders.require_operation_action(session, principal, op, order, "start")
     spec = orders.op_spec(order, op.seq)
     await _check_qualified(ctx, session, principal, spec)
     unit = await _eligible_unit(ctx, session, order, op, data.equipment_code)
@@ -331,8 +337,7 @@ async def pause(
     expected_version: int | None,
     reason: str,
 ) -> tuple[Operation, WorkOrder]:
-    op, order = await get(session, ident, lock=True)
-    check_version(op, expected_version, f"operation {order.number}/{op.seq}")
+    op, order = await locked(session, ident, expected_version)
     await orders.set_operation_status(ctx, session, principal, op, order, "pause", reason)
     ex = await execution_of(session, op)
     ex.paused_at = ctx.clock.now()
@@ -347,8 +352,7 @@ async def resume(
     ident: str,
     expected_version: int | None,
 ) -> tuple[Operation, WorkOrder]:
-    op, order = await get(session, ident, lock=True)
-    check_version(op, expected_version, f"operation {order.number}/{op.seq}")
+    op, order = await locked(session, ident, expected_version)
     _check_order_active(order)
     await orders.set_operation_status(ctx, session, principal, op, order, "resume", "resumed")
     ex = await execution_of(session, op)
@@ -369,11 +373,9 @@ async def release_hold(
     signature: SignatureInput,
 ) -> tuple[Operation, WorkOrder, ESignature]:
     """held -> running: QA signs once every deviation of the operation is dispositioned."""
-    op, order = await get(session, ident, lock=True)
-    check_version(op, expected_version, f"operation {order.number}/{op.seq}")
+    op, order = await locked(session, ident, expected_version)
     _check_order_active(order)
-    if rules.operation_target("release_hold", OperationStatus(op.status)) is None:
-        await orders.set_operation_status(ctx, session, principal, op, order, "release_hold", "-")
+    await orders.require_operation_action(session, principal, op, order, "release_hold")
     open_devs = await deviations.open_deviations(session, order.id, op.id)
     if open_devs:
         raise Conflict(
@@ -750,11 +752,9 @@ async def complete(
 ) -> tuple[Operation, WorkOrder, ESignature]:
     """running -> completed with the performer's e-signature: values present, checks done, BOM
     consumed within tolerance and output reported (TR-1), no open deviation (PROC-2)."""
-    op, order = await get(session, ident, lock=True)
-    check_version(op, expected_version, f"operation {order.number}/{op.seq}")
+    op, order = await locked(session, ident, expected_version)
     _check_order_active(order)
-    if rules.operation_target("complete", OperationStatus(op.status)) is None:
-        await orders.set_operation_status(ctx, session, principal, op, order, "complete", "-")
+    await orders.require_operation_action(session, principal, op, order, "complete")
     ex = await execution_of(session, op)
     problems = await _completion_problems(session, op, order, ex)
     if problems:
@@ -805,16 +805,14 @@ async def verify(
     signature: SignatureInput,
 ) -> tuple[Operation, WorkOrder, ESignature]:
     """completed -> verified by a second person (AC-2, ES-5), where the work master asks."""
-    op, order = await get(session, ident, lock=True)
-    check_version(op, expected_version, f"operation {order.number}/{op.seq}")
+    op, order = await locked(session, ident, expected_version)
     spec = orders.op_spec(order, op.seq)
     if not spec.get("requires_verification"):
         raise InvalidTransition(
             f"operation {order.number}/{op.seq} does not need a second-person verification",
             current_status=str(op.status),
         )
-    if rules.operation_target("verify", OperationStatus(op.status)) is None:
-        await orders.set_operation_status(ctx, session, principal, op, order, "verify", "-")
+    await orders.require_operation_action(session, principal, op, order, "verify")
     ex = await execution_of(session, op)
     if principal.username in (ex.performer, ex.started_by):
         raise Forbidden("the verifier must be a different person from the performer", rule="AC-2")

@@ -99,6 +99,13 @@ async def get(session: AsyncSession, number: str, *, lock: bool = False) -> Work
     return found
 
 
+async def locked(session: AsyncSession, number: str, expected_version: int) -> WorkOrder:
+    """The order, row-locked, at the client's If-Match version (412 otherwise)."""
+    order = await get(session, number, lock=True)
+    check_version(order, expected_version, f"work order {order.number}")
+    return order
+
+
 async def operations_of(
     session: AsyncSession, order: WorkOrder, *, lock: bool = False
 ) -> list[Operation]:
@@ -220,6 +227,18 @@ async def list_orders(
 # --- audit helper --------------------------------------------------------------------------
 
 
+def require_order_action(order: WorkOrder, action: str) -> WorkOrderStatus:
+    """The state ``action`` leads to (DOMAIN 3.1); 409 naming the current state otherwise."""
+    current = WorkOrderStatus(order.status)
+    target = rules.order_target(action, current)
+    if target is None:
+        raise InvalidTransition(
+            f"work order {order.number} is {current}; it cannot {action}",
+            current_status=str(current),
+        )
+    return target
+
+
 async def transition(
     ctx: AppContext,
     session: AsyncSession,
@@ -230,13 +249,7 @@ async def transition(
     **changes: Any,
 ) -> None:
     """Move an order by the DOMAIN 3.1 table (409 naming the current state otherwise)."""
-    current = WorkOrderStatus(order.status)
-    target = rules.order_target(action, current)
-    if target is None:
-        raise InvalidTransition(
-            f"work order {order.number} is {current}; it cannot {action}",
-            current_status=str(current),
-        )
+    target = require_order_action(order, action)
     before = view(order)
     order.status = target
     for name, value in changes.items():
@@ -267,9 +280,7 @@ async def set_operation_status(
     reason: str,
 ) -> None:
     current = OperationStatus(op.status)
-    target = rules.operation_target(action, current)
-    if target is None:
-        await _refuse(session, principal, op, order, action)
+    target = await require_operation_action(session, principal, op, order, action)
     op.status = target
     bump_version(op, ctx.clock.now())
     session.add(op)
@@ -287,6 +298,16 @@ async def set_operation_status(
         ],
         reason=reason,
     )
+
+
+async def require_operation_action(
+    session: AsyncSession, principal: Principal, op: Operation, order: WorkOrder, action: str
+) -> OperationStatus:
+    """The state ``action`` leads to (DOMAIN 3.2); refused and logged otherwise (AC-3)."""
+    target = rules.operation_target(action, OperationStatus(op.status))
+    if target is None:
+        await _refuse(session, principal, op, order, action)
+    return target
 
 
 async def _refuse(
@@ -487,8 +508,7 @@ async def release(
     expected_version: int,
     reason: str,
 ) -> WorkOrder:
-    order = await get(session, number, lock=True)
-    check_version(order, expected_version, f"work order {order.number}")
+    order = await locked(session, number, expected_version)
     wm = await session.get(WorkMaster, order.work_master_id)
     assert wm is not None  # foreign key
     if WorkOrderStatus(order.status) == WorkOrderStatus.draft:
@@ -507,8 +527,7 @@ async def cancel(
     reason: str,
 ) -> WorkOrder:
     """draft/released -> cancelled while nothing has been executed."""
-    order = await get(session, number, lock=True)
-    check_version(order, expected_version, f"work order {order.number}")
+    order = await locked(session, number, expected_version)
     await transition(ctx, session, principal, order, "cancel", reason)
     # Released orders have not started (the first start moves them to in_progress).
     for op in await operations_of(session, order, lock=True):
@@ -525,8 +544,7 @@ async def hold(
     reason: str,
 ) -> WorkOrder:
     """in_progress -> held: no operation starts or records until QA resumes it."""
-    order = await get(session, number, lock=True)
-    check_version(order, expected_version, f"work order {order.number}")
+    order = await locked(session, number, expected_version)
     await transition(ctx, session, principal, order, "hold", reason)
     return order
 
@@ -540,10 +558,8 @@ async def resume(
     data: SignedAction,
 ) -> tuple[WorkOrder, ESignature]:
     """held -> in_progress: QA signs, once every deviation of the order is dispositioned."""
-    order = await get(session, number, lock=True)
-    check_version(order, expected_version, f"work order {order.number}")
-    if rules.order_target("resume", WorkOrderStatus(order.status)) is None:
-        await transition(ctx, session, principal, order, "resume", data.reason)
+    order = await locked(session, number, expected_version)
+    require_order_action(order, "resume")
     await _no_open_deviations(session, order, "PROC-2")
     esig = await _sign(ctx, session, principal, order, WorkOrderStatus.in_progress, data)
     await transition(ctx, session, principal, order, "resume", data.reason)
@@ -559,8 +575,7 @@ async def complete(
     reason: str,
 ) -> WorkOrder:
     """in_progress -> completed when every operation is completed, verified or skipped."""
-    order = await get(session, number, lock=True)
-    check_version(order, expected_version, f"work order {order.number}")
+    order = await locked(session, number, expected_version)
     if WorkOrderStatus(order.status) == WorkOrderStatus.in_progress:
         for op in await operations_of(session, order):
             spec = op_spec(order, op.seq)
@@ -588,10 +603,8 @@ async def close(
 ) -> tuple[WorkOrder, ESignature]:
     """completed -> closed: PR-6 approval of the production record by QA who took no part in
     the work, with every deviation dispositioned and the quantities reconciled (PR-2)."""
-    order = await get(session, number, lock=True)
-    check_version(order, expected_version, f"work order {order.number}")
-    if rules.order_target("close", WorkOrderStatus(order.status)) is None:
-        await transition(ctx, session, principal, order, "close", data.reason)
+    order = await locked(session, number, expected_version)
+    require_order_action(order, "close")
     if principal.username in await participants(session, order):
         raise Forbidden(
             f"{principal.username} took part in work order {order.number} and cannot approve "
