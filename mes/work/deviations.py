@@ -109,15 +109,15 @@ async def get(session: AsyncSession, number: str, *, lock: bool = False) -> Devi
     return found
 
 
-async def public(session: AsyncSession, dev: Deviation) -> DeviationPublic:
-    order = await session.get(WorkOrder, dev.work_order_id) if dev.work_order_id else None
-    op = await session.get(Operation, dev.operation_id) if dev.operation_id else None
+def view_public(
+    dev: Deviation, work_order: str | None, operation_seq: int | None
+) -> DeviationPublic:
     return DeviationPublic(
         number=dev.number,
         kind=dev.kind,
         status=DeviationStatus(dev.status),
-        work_order=order.number if order else None,
-        operation_seq=op.seq if op else None,
+        work_order=work_order,
+        operation_seq=operation_seq,
         description=dev.description,
         opened_at=dev.opened_at,
         opened_by=dev.opened_by,
@@ -126,6 +126,12 @@ async def public(session: AsyncSession, dev: Deviation) -> DeviationPublic:
         closed_by=dev.closed_by,
         version=dev.version,
     )
+
+
+async def public(session: AsyncSession, dev: Deviation) -> DeviationPublic:
+    order = await session.get(WorkOrder, dev.work_order_id) if dev.work_order_id else None
+    op = await session.get(Operation, dev.operation_id) if dev.operation_id else None
+    return view_public(dev, order.number if order else None, op.seq if op else None)
 
 
 async def list_deviations(

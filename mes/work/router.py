@@ -39,6 +39,7 @@ from mes.work import (
     recording,
 )
 from mes.work import record as production_record
+from mes.work.record_pdf import render_pdf
 from mes.work.schemas import (
     ActionReason,
     ConsumeRequest,
@@ -448,7 +449,7 @@ async def get_production_record_pdf(number: str, session: SessionDep, _: Reader)
     """The same record as PDF, with each signature's printed name, UTC time and meaning."""
     rec = await production_record.assemble(session, number)
     return Response(
-        production_record.render_pdf(rec),
+        render_pdf(rec),
         media_type="application/pdf",
         headers={"Content-Disposition": f'inline; filename="{rec.work_order}-record.pdf"'},
     )
