@@ -51,8 +51,21 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def content_hash(content: Mapping[str, Any]) -> str:
+    """AT-5: ``SHA-256(canonical_json(entry))`` of everything an entry says, without its
+    place in the chain. Computed when the entry is recorded."""
+    return sha256_hex(canonical_json(content))
+
+
+def chain_hash(prev_hash: str, entry_content_hash: str) -> str:
+    """AT-5: ``SHA-256(prev_hash || content_hash)`` (hex text), the link of an entry to its
+    predecessor. PostgreSQL computes the same in ``mes_audit_seal`` (migration 0005)."""
+    return sha256_hex(prev_hash + entry_content_hash)
+
+
 def entry_hash(prev_hash: str, content: Mapping[str, Any]) -> str:
-    """AT-5: ``SHA-256(prev_hash || canonical_json(entry without its own hash))``."""
+    """AT-5, entries chained before content hashes were stored (``content_hash`` is NULL):
+    ``SHA-256(prev_hash || canonical_json(entry with prev_hash, without its own hash))``."""
     return sha256_hex(prev_hash + canonical_json(content))
 
 

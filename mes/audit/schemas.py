@@ -29,6 +29,8 @@ class AuditEntryPublic(BaseModel):
     changes: list[FieldChange]
     reason: str
     app_version: str
+    chain_seq: int
+    content_hash: str | None  # None: chained before content hashes were stored
     prev_hash: str
     hash: str
 

@@ -11,13 +11,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlmodel import col, select
 
 import mes
-from mes.audit.rules import GENESIS_HASH, entry_hash, field_changes, to_jsonable
+from mes.audit.rules import (
+    GENESIS_HASH,
+    chain_hash,
+    content_hash,
+    entry_hash,
+    field_changes,
+    to_jsonable,
+)
 from mes.clock import utc_now
 from mes.errors import InvalidInput
 from mes.models import AuditEntry
@@ -29,6 +36,7 @@ VERIFY_CHUNK = 2000
 
 
 def _hashed_content(entry: AuditEntry) -> dict[str, Any]:
+    """What an entry says, without its place in the chain (AT-5 ``content_hash``)."""
     return {
         "id": entry.id,
         "at": entry.at,
@@ -43,7 +51,6 @@ def _hashed_content(entry: AuditEntry) -> dict[str, Any]:
         "changes": entry.changes,
         "reason": entry.reason,
         "app_version": entry.app_version,
-        "prev_hash": entry.prev_hash,
     }
 
 
@@ -51,28 +58,32 @@ PENDING = "mes.audit.pending"
 
 
 def _seal(session: Session) -> None:
-    """Chain and insert the entries a transaction recorded, as the last step before its
-    commit: the chain lock is held for three round trips (head, inserts, COMMIT), not for a
-    whole request. Under CPU saturation of the server each round trip waits for its event
-    loop, so the lock is the first queue that forms."""
+    """Insert the entries a transaction recorded, as the last step before its commit, and
+    chain them (AT-5).
+
+    PostgreSQL: the deferred trigger ``mes_audit_seal`` (migration 0005) chains each inserted
+    entry inside COMMIT, under the chain lock, so the lock is never held across a round trip
+    to this process - under load a lock held across round trips waits for the event loop of
+    its holder, and every other commit queues behind it.
+    SQLite: every write transaction began with BEGIN IMMEDIATE (mes.db), so the chain head
+    read here cannot move before this commit; the entries are chained here."""
     pending: list[AuditEntry] | None = session.info.pop(PENDING, None)
     if not pending:
         return
-    # Write the transaction's other changes first, so that under the lock only the chain
-    # head is read and the entries are inserted (then COMMIT releases it).
-    session.flush()
-    if session.get_bind().dialect.name == "postgresql":
-        # Serialise chain appends so concurrent transactions cannot fork the chain.
-        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK_ID})
-    # SQLite: every transaction already began with BEGIN IMMEDIATE (mes.db).
-    head = session.execute(
-        select(AuditEntry.hash).order_by(col(AuditEntry.seq).desc()).limit(1)
-    ).scalar_one_or_none()
-    prev = head if head is not None else GENESIS_HASH
-    for entry in pending:
-        entry.prev_hash = prev
-        entry.hash = entry_hash(prev, _hashed_content(entry))
-        prev = entry.hash
+    if session.get_bind().dialect.name != "postgresql":
+        head = session.execute(
+            select(AuditEntry.chain_seq, AuditEntry.hash)
+            .order_by(col(AuditEntry.chain_seq).desc())
+            .limit(1)
+        ).first()
+        position, prev = (head[0], head[1]) if head is not None else (0, GENESIS_HASH)
+        for entry in pending:
+            assert entry.content_hash is not None
+            assert position is not None
+            position += 1
+            entry.chain_seq = position
+            entry.prev_hash = prev
+            entry.hash = prev = chain_hash(prev, entry.content_hash)
     session.add_all(pending)
     session.flush()
 
@@ -97,7 +108,7 @@ async def record(
     reason: str,
 ) -> AuditEntry:
     """Append one audit entry in the caller's transaction (AT-1, AT-2, AT-5). The entry is
-    chained and inserted when the transaction commits (``_seal``); a rollback discards it
+    inserted and chained when the transaction commits (``_seal``); a rollback discards it
     with the change."""
     if not reason or not reason.strip():
         raise InvalidInput(
@@ -116,9 +127,8 @@ async def record(
         changes=to_jsonable(changes),
         reason=reason.strip(),
         app_version=mes.__version__,
-        prev_hash="",
-        hash="",
     )
+    entry.content_hash = content_hash(_hashed_content(entry))
     session.sync_session.info.setdefault(PENDING, []).append(entry)
     # Callers rely on the change being flushed once it is audited.
     await session.flush()
@@ -162,16 +172,36 @@ class ChainVerification:
     problem: str | None = None
 
 
+def _link_problem(entry: AuditEntry, prev: str, position: int) -> str | None:
+    """What is wrong with ``entry`` as the chain's entry number ``position`` after ``prev``."""
+    if entry.chain_seq != position or entry.prev_hash != prev:
+        return "prev_hash does not match the preceding entry (removed or reordered)"
+    if entry.content_hash is None:
+        # Chained before content hashes were stored (migration 0005).
+        legacy = {**_hashed_content(entry), "prev_hash": entry.prev_hash}
+        if entry_hash(prev, legacy) != entry.hash:
+            return "content does not match its hash (altered)"
+        return None
+    if content_hash(_hashed_content(entry)) != entry.content_hash:
+        return "content does not match its hash (altered)"
+    if chain_hash(prev, entry.content_hash) != entry.hash:
+        return "content does not match its hash (altered)"
+    return None
+
+
 async def verify_chain(session: AsyncSession) -> ChainVerification:
-    """AT-5: recompute every hash in order and name the first entry that does not match."""
+    """AT-5: recompute every hash in chain order and name the first entry that does not
+    match (by its ``seq``)."""
+    table = AuditEntry.__table__  # type: ignore[attr-defined]
     prev = GENESIS_HASH
     checked = 0
     last_seq: int | None = None
-    after = -1
     while True:
-        table = AuditEntry.__table__  # type: ignore[attr-defined]
         result = await session.execute(
-            table.select().where(table.c.seq > after).order_by(table.c.seq).limit(VERIFY_CHUNK)
+            table.select()
+            .where(table.c.chain_seq > checked)
+            .order_by(table.c.chain_seq)
+            .limit(VERIFY_CHUNK)
         )
         # Detached copies: verification never touches the session's identity map.
         rows = [AuditEntry(**row._mapping) for row in result]
@@ -179,11 +209,8 @@ async def verify_chain(session: AsyncSession) -> ChainVerification:
             break
         for entry in rows:
             assert entry.seq is not None
-            problem = None
-            if entry.prev_hash != prev:
-                problem = "prev_hash does not match the preceding entry (removed or reordered)"
-            elif entry_hash(entry.prev_hash, _hashed_content(entry)) != entry.hash:
-                problem = "content does not match its hash (altered)"
+            assert entry.hash is not None
+            problem = _link_problem(entry, prev, checked + 1)
             if problem:
                 return ChainVerification(
                     ok=False,
@@ -197,7 +224,6 @@ async def verify_chain(session: AsyncSession) -> ChainVerification:
             prev = entry.hash
             last_seq = entry.seq
             checked += 1
-        after = rows[-1].seq or after
     return ChainVerification(ok=True, checked=checked, head_seq=last_seq, head_hash=prev)
 
 

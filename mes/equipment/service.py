@@ -122,14 +122,24 @@ async def get_class(session: AsyncSession, code: str, *, lock: bool = False) -> 
     return found
 
 
-async def _codes(session: AsyncSession, ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
+# id -> code of equipment seen by this process. A code never changes (EquipmentUpdate has no
+# code) and an id is never reused, so entries never go stale; the plant has hundreds of units.
+_CODE_CACHE: dict[uuid.UUID, str] = {}
+_CODE_CACHE_MAX = 50_000
+
+
+async def codes_of(session: AsyncSession, ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
+    """The codes of the equipment ``ids`` (None ignored); read once per process."""
     wanted = {i for i in ids if i is not None}
-    if not wanted:
-        return {}
-    rows = await session.execute(
-        select(Equipment.id, Equipment.code).where(col(Equipment.id).in_(wanted))
-    )
-    return {row.id: row.code for row in rows}
+    missing = wanted - _CODE_CACHE.keys()
+    if missing:
+        rows = await session.execute(
+            select(Equipment.id, Equipment.code).where(col(Equipment.id).in_(missing))
+        )
+        if len(_CODE_CACHE) > _CODE_CACHE_MAX:
+            _CODE_CACHE.clear()
+        _CODE_CACHE.update({row.id: row.code for row in rows})
+    return {i: _CODE_CACHE[i] for i in wanted if i in _CODE_CACHE}
 
 
 async def _class_codes(
@@ -175,7 +185,7 @@ def _view(
 
 async def view(session: AsyncSession, eq: Equipment) -> dict[str, Any]:
     """The audited and signed content of one equipment record, with codes for references."""
-    codes = await _codes(session, (eq.parent_id, eq.site_id, eq.room_id))
+    codes = await codes_of(session, (eq.parent_id, eq.site_id, eq.room_id))
     class_codes = await _class_codes(session, (eq.equipment_class_id,))
     return _view(eq, codes, class_codes)
 
@@ -227,7 +237,7 @@ async def list_equipment(
     if after is not None:
         stmt = stmt.where(col(Equipment.code) > after)
     rows, more = await fetch_page(session, stmt, limit)
-    codes = await _codes(session, [i for r in rows for i in (r.parent_id, r.site_id, r.room_id)])
+    codes = await codes_of(session, [i for r in rows for i in (r.parent_id, r.site_id, r.room_id)])
     class_codes = await _class_codes(session, [r.equipment_class_id for r in rows])
     items = [_public(r, _view(r, codes, class_codes), now) for r in rows]
     return items, (rows[-1].code if more else None)

@@ -244,32 +244,33 @@ async def reaches(
 
 
 @cache
-def reach_insert_stmt(dialect: str) -> Executable:
-    """The pairs a new edge ``:parent`` -> ``:child`` adds to ``lot_reach``: the parent and
-    each of its ancestors, times the child and each of its descendants. Pairs already there
-    (another path between the same lots) are skipped."""
+def reach_insert_stmt() -> Executable:
+    """The pairs a new edge ``:parent`` -> ``:child`` adds to ``lot_reach`` (SQLite): the
+    parent and each of its ancestors, times the child and each of its descendants. Pairs
+    already there (another path between the same lots) are skipped. PostgreSQL runs the same
+    in ``mes_lot_reach_close`` (migration 0005)."""
     up = walk_cte("up", "parent", Direction.backward)
     down = walk_cte("down", "child", Direction.forward)
     pairs = select(up.c.lot_id, down.c.lot_id).select_from(up.join(down, true())).where(true())
     columns = [REACH.c.ancestor_lot_id, REACH.c.descendant_lot_id]
-    if dialect == "postgresql":
-        return postgresql.insert(REACH).from_select(columns, pairs).on_conflict_do_nothing()
     return sqlite.insert(REACH).from_select(columns, pairs).on_conflict_do_nothing()
 
 
 async def add_reach(session: AsyncSession, parent: uuid.UUID, child: uuid.UUID) -> None:
     """Close ``lot_reach`` over a new edge (already flushed), in the caller's transaction.
 
-    Transactions that add edges take turns here until they commit. Otherwise one adding
-    A -> B and another adding C -> D, where B already reaches C, would each walk without
-    the other's edge, and neither would add (A, D). On PostgreSQL the turn is a transaction
-    advisory lock, and the walks run in a statement after it, which sees the edges of every
-    transaction that held it before; SQLite already runs one writing transaction at a time.
+    Transactions that add edges take turns. Otherwise one adding A -> B and another adding
+    C -> D, where B already reaches C, would each walk without the other's edge, and neither
+    would add (A, D). SQLite already runs one writing transaction at a time: the pairs are
+    added here. On PostgreSQL the deferred trigger ``mes_lot_reach_close`` (migration 0005)
+    adds them inside COMMIT, after taking a transaction advisory lock (:data:`REACH_LOCK`), so
+    its walks see the edges of every transaction that committed before it; the lock is
+    never held across a round trip to the application. Until then, the transaction's own
+    new pairs are not in ``lot_reach`` (nothing reads them before the commit).
     """
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        await session.execute(select(func.pg_advisory_xact_lock(REACH_LOCK)))
-    await session.execute(reach_insert_stmt(dialect), {"parent": parent, "child": child})
+    if session.get_bind().dialect.name == "postgresql":
+        return
+    await session.execute(reach_insert_stmt(), {"parent": parent, "child": child})
 
 
 def reach_pairs_stmt() -> Select[Any]:

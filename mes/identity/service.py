@@ -521,16 +521,25 @@ async def _end_sessions(
 
 
 async def principal_from_token(ctx: AppContext, session: AsyncSession, token: str) -> Principal:
-    """Resolve a bearer token to its live session and user, or 401 (S4, AC-6)."""
+    """Resolve a bearer token to its live session and user, or 401 (S4, AC-6). Session, user
+    and roles come in one statement: every request pays for it."""
     try:
         claims = ctx.tokens.decode(token)
     except TokenError:
         raise NotAuthenticated("invalid or expired access token") from None
-    auth_session = await session.get(AuthSession, claims.session_id)
-    if auth_session is None or auth_session.user_id != claims.user_id:
+    rows = (
+        await session.execute(
+            select(AuthSession, AppUser, RoleAssignment.role)
+            .join(AppUser, col(AppUser.id) == AuthSession.user_id)
+            .outerjoin(RoleAssignment, col(RoleAssignment.user_id) == AppUser.id)
+            .where(AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id)
+        )
+    ).all()
+    if not rows:
         raise NotAuthenticated("session not found")
+    auth_session, user = rows[0][0], rows[0][1]
+    roles = sorted(Role(row[2]) for row in rows if row[2] is not None)
     now = ctx.clock.now()
-    roles = await roles_of(session, claims.user_id)
     reason = rules.session_end_reason(
         now=now,
         last_activity_at=auth_session.last_activity_at,
@@ -558,8 +567,7 @@ async def principal_from_token(ctx: AppContext, session: AsyncSession, token: st
         raise NotAuthenticated(
             f"session ended ({auth_session.end_reason}); sign in again", rule="AC-6"
         )
-    user = await session.get(AppUser, claims.user_id)
-    if user is None or UserStatus(user.status) != UserStatus.active:
+    if UserStatus(user.status) != UserStatus.active:
         raise NotAuthenticated("account is not active")
     if now - auth_session.last_activity_at >= TOUCH_INTERVAL:
         auth_session.last_activity_at = now

@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, String, UniqueConstraint
 from sqlmodel import Column, Field, SQLModel
 
 from mes.clock import utc_now
@@ -40,8 +40,14 @@ class AuditEntry(SQLModel, table=True):
     )
     reason: str = Field(max_length=1000)
     app_version: str = Field(max_length=40)
-    prev_hash: str = Field(max_length=64)
-    hash: str = Field(max_length=64, unique=True)
+    # The chain (AT-5). ``content_hash`` is set when the entry is recorded; ``chain_seq``
+    # (1, 2, 3... in commit order), ``prev_hash`` and ``hash`` when its transaction commits:
+    # on PostgreSQL by the deferred trigger ``mes_audit_seal`` inside COMMIT, so they are
+    # NULL only within the writing transaction; on SQLite before the commit (mes.audit).
+    content_hash: str | None = Field(default=None, max_length=64)
+    chain_seq: int | None = Field(default=None, sa_type=BigInteger, unique=True, index=True)
+    prev_hash: str | None = Field(default=None, max_length=64)
+    hash: str | None = Field(default=None, max_length=64, unique=True)
 
 
 class SignatureMeaning(StrEnum):

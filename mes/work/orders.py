@@ -4,7 +4,7 @@ as a pilot batch, from a draft), released, held, resumed, cancelled, completed a
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -13,6 +13,7 @@ from sqlmodel import col, select
 from mes.audit import service as audit
 from mes.audit.rules import to_jsonable
 from mes.context import AppContext
+from mes.equipment import service as equipment_service
 from mes.errors import Conflict, Forbidden, InvalidInput, InvalidTransition, NotFound
 from mes.ids import parse_uuid
 from mes.lot import service as lots
@@ -115,20 +116,10 @@ async def operations_of(
     return list((await session.execute(stmt)).scalars())
 
 
-async def _codes(session: AsyncSession, ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
-    wanted = {i for i in ids if i is not None}
-    if not wanted:
-        return {}
-    rows = await session.execute(
-        select(Equipment.id, Equipment.code).where(col(Equipment.id).in_(wanted))
-    )
-    return {row.id: row.code for row in rows}
-
-
 async def operations_public(
     session: AsyncSession, pairs: Sequence[tuple[Operation, WorkOrder]]
 ) -> list[OperationPublic]:
-    codes = await _codes(
+    codes = await equipment_service.codes_of(
         session, [x for op, _ in pairs for x in (op.work_center_id, op.equipment_id)]
     )
     exec_ids = [op.execution_id for op, _ in pairs if op.execution_id is not None]

@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from mes.audit.schemas import AuditEntryPublic
+from mes.equipment import service as equipment_service
 from mes.models import (
     AuditEntry,
     CheckResult,
     Deviation,
-    Equipment,
     ESignature,
     Lot,
     MaterialDefinition,
@@ -158,16 +158,6 @@ def _dec(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
-async def _codes(session: AsyncSession, ids: set[uuid.UUID | None]) -> dict[uuid.UUID, str]:
-    wanted = {i for i in ids if i is not None}
-    if not wanted:
-        return {}
-    rows = await session.execute(
-        select(Equipment.id, Equipment.code).where(col(Equipment.id).in_(wanted))
-    )
-    return {r.id: r.code for r in rows}
-
-
 async def assemble(session: AsyncSession, number: str) -> ProductionRecord:
     order = await orders.get(session, number)
     product = await session.get(MaterialDefinition, order.product_id)
@@ -184,7 +174,7 @@ async def assemble(session: AsyncSession, number: str) -> ProductionRecord:
         ).scalars()
     }
     seq_of_exec = {ex.id: op.seq for op in ops if (ex := execs.get(op.id)) is not None}
-    codes = await _codes(
+    codes = await equipment_service.codes_of(
         session,
         {op.work_center_id for op in ops}
         | {op.clearance_equipment_id for op in ops}

@@ -3,7 +3,6 @@ sets for backward and forward traces, recall impact, mass balance (TR-1..TR-5)."
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import uuid
 from collections import Counter, defaultdict
@@ -688,9 +687,13 @@ def test_unvalidated_models_equal_validated_ones() -> None:
 
 
 @pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite runs one writer at a time")
-async def test_concurrent_edges_close_each_other(ctx: AppContext) -> None:
-    """A -> B and C -> D added by two open transactions, where B already reaches C: the
-    second waits for the first to commit, then its walk sees A -> B, so (A, D) is there."""
+@pytest.mark.parametrize("first_commits_first", [True, False])
+async def test_concurrent_edges_close_each_other(
+    ctx: AppContext, first_commits_first: bool
+) -> None:
+    """A -> B and C -> D added by two open transactions, where B already reaches C: whichever
+    commits second closes over the other's edge in its commit-time turn, so (A, D) is
+    there either way; neither transaction waits for the other before it commits."""
     await _material(ctx, "MON", "monomer", "kg")
     for lot in ("A-1", "B-1", "C-1", "D-1"):
         await _receive(ctx, "MON", lot, "10", "kg")
@@ -713,19 +716,14 @@ async def test_concurrent_edges_close_each_other(ctx: AppContext) -> None:
 
     async with ctx.db.sessionmaker() as s, s.begin():
         await link(s, b, c)
-    first = ctx.db.sessionmaker()
+    first, second = ctx.db.sessionmaker(), ctx.db.sessionmaker()
     await first.begin()
+    await second.begin()
     await link(first, a, b)
-
-    async def second() -> None:
-        async with ctx.db.sessionmaker() as s, s.begin():
-            await link(s, c, d)
-
-    waiting = asyncio.create_task(second())
-    await asyncio.sleep(0.5)
-    assert not waiting.done()  # its turn comes when the first commits
-    await first.commit()
-    await first.close()
-    await waiting
+    await link(second, c, d)
+    for session in (first, second) if first_commits_first else (second, first):
+        await session.commit()
+        await session.close()
     await assert_closure(ctx)
+    assert (a, d) in await _closure(ctx)
     assert (a, d) in await _closure(ctx)
