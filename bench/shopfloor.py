@@ -121,6 +121,9 @@ NEW_WC_AREAS = ("CORE-POLY", "CORE-FIB", "CORE-BRD", "CORE-NDL", "CORE-MLD", "CO
 SETUP_CONCURRENCY = 8
 IDLE_POLL_S = 0.5  # an operator whose queue has nothing free looks again after this
 TOKEN_REFRESH_S = 600.0  # access tokens live 15 minutes
+# Idle connections are dropped before uvicorn closes its side (timeout_keep_alive 5 s), so a
+# request is never sent on a connection the server is closing.
+KEEPALIVE_S = 3.0
 START_TIMEOUT_S = 90.0
 PG_SAMPLE_S = 0.5
 
@@ -589,7 +592,7 @@ class Api:
         self.base = base_url + API
         self.client = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=120.0),
-            connector=aiohttp.TCPConnector(limit=64),
+            connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=KEEPALIVE_S),
         )
         self.token = ""
         self.token_at = 0.0

@@ -11,6 +11,9 @@ import jwt
 
 ALGORITHM = "HS256"
 LEEWAY = timedelta(seconds=30)
+# Tokens already verified, by their exact text (signature included): an operator's tablet
+# sends the same token with every request for its 15 minutes. Bounded; emptied when full.
+VERIFIED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class TokenService:
         self.issuer = issuer
         self.audience = audience
         self.ttl = ttl
+        self._verified: dict[str, TokenClaims] = {}
 
     def issue(self, user_id: uuid.UUID, session_id: uuid.UUID, now: datetime) -> tuple[str, int]:
         expires = now + self.ttl
@@ -47,6 +51,18 @@ class TokenService:
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM), int(self.ttl.total_seconds())
 
     def decode(self, token: str) -> TokenClaims:
+        known = self._verified.get(token)
+        if known is not None:
+            if datetime.now(UTC) < known.expires_at + LEEWAY:
+                return known
+            del self._verified[token]
+        claims = self._verify(token)
+        if len(self._verified) >= VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> TokenClaims:
         try:
             claims = jwt.decode(
                 token,

@@ -191,13 +191,27 @@ def convert_quantity(quantity: Decimal, uom: str, lot_uom: str, field: str) -> D
         raise InvalidInput(str(exc), field=field) from exc
 
 
-async def active_material(session: AsyncSession, code: str, field: str) -> MaterialDefinition:
-    m = await material_service.find(session, code)
+def _require_active(m: MaterialDefinition | None, code: str, field: str) -> MaterialDefinition:
     if m is None:
         raise InvalidInput(f"material {code!r} does not exist", field=field)
     if not m.is_active:
         raise InvalidInput(f"material {code!r} is retired", field=field)
     return m
+
+
+async def active_material(session: AsyncSession, code: str, field: str) -> MaterialDefinition:
+    return _require_active(await material_service.find(session, code), code, field)
+
+
+async def active_materials(
+    session: AsyncSession, codes: list[str], field: str
+) -> dict[str, MaterialDefinition]:
+    """``active_material`` of several codes, in one statement."""
+    rows = await session.execute(
+        select(MaterialDefinition).where(col(MaterialDefinition.code).in_(set(codes)))
+    )
+    found = {m.code: m for m in rows.scalars()}
+    return {code: _require_active(found.get(code), code, field) for code in codes}
 
 
 async def _check_new_lot_number(session: AsyncSession, m: MaterialDefinition, number: str) -> None:

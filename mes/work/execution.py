@@ -74,15 +74,17 @@ async def get(
     op_id = parse_uuid(ident)
     if op_id is None:
         raise NotFound(f"operation {ident!r} does not exist; operations are addressed by id")
-    stmt = select(Operation).where(Operation.id == op_id)
+    stmt = (
+        select(Operation, WorkOrder)
+        .join(WorkOrder, col(WorkOrder.id) == Operation.work_order_id)
+        .where(Operation.id == op_id)
+    )
     if lock:
-        stmt = stmt.with_for_update(of=Operation)
-    op = (await session.execute(stmt)).scalar_one_or_none()
-    if op is None:
+        stmt = stmt.with_for_update(of=[Operation, WorkOrder])
+    row = (await session.execute(stmt)).first()
+    if row is None:
         raise NotFound(f"operation {ident!r} does not exist")
-    order = await session.get(WorkOrder, op.work_order_id, with_for_update=lock)
-    assert order is not None  # foreign key
-    return op, order
+    return row[0], row[1]
 
 
 async def locked(
@@ -719,15 +721,19 @@ async def _completion_problems(
     for c in spec.get("checks", []):
         if c["name"] not in checked:
             problems.append(f"check {c['name']} not done")
-    for line in spec.get("bom", []):
-        m = await lots.active_material(session, line["material_code"], "bom")
-        consumed = _net(await _consumed(session, order, m.id, ex.id), line["uom"])
-        _, low, high = rules.bom_window(line, order.quantity)
-        if not low <= consumed <= high:
-            problems.append(
-                f"{m.code}: {_plain(consumed)} {line['uom']} consumed, BOM needs "
-                f"{_plain(low)}..{_plain(high)}"
-            )
+    bom = spec.get("bom", [])
+    if bom:
+        materials = await lots.active_materials(session, [b["material_code"] for b in bom], "bom")
+        rows = await _consumed(session, order, execution_id=ex.id)
+        for line in bom:
+            m = materials[line["material_code"]]
+            consumed = _net([r for r in rows if r[1].material_id == m.id], line["uom"])
+            _, low, high = rules.bom_window(line, order.quantity)
+            if not low <= consumed <= high:
+                problems.append(
+                    f"{m.code}: {_plain(consumed)} {line['uom']} consumed, BOM needs "
+                    f"{_plain(low)}..{_plain(high)}"
+                )
     if spec.get("reports_output"):
         produced = await session.execute(
             select(func.count())

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import col, select
 
 from mes.audit import service as audit
@@ -122,13 +123,23 @@ async def operations_public(
     codes = await equipment_service.codes_of(
         session, [x for op, _ in pairs for x in (op.work_center_id, op.equipment_id)]
     )
-    exec_ids = [op.execution_id for op, _ in pairs if op.execution_id is not None]
+    # Executions this session already holds (the one an action just worked on) are not read
+    # again.
+    loaded = session.sync_session.identity_map
     executions: dict[uuid.UUID, OperationExecution] = {}
-    if exec_ids:
+    missing: list[uuid.UUID] = []
+    for op, _ in pairs:
+        if op.execution_id is not None:
+            held = loaded.get(identity_key(OperationExecution, op.execution_id))
+            if held is None:
+                missing.append(op.execution_id)
+            else:
+                executions[op.execution_id] = held
+    if missing:
         rows = await session.execute(
-            select(OperationExecution).where(col(OperationExecution.id).in_(exec_ids))
+            select(OperationExecution).where(col(OperationExecution.id).in_(missing))
         )
-        executions = {e.id: e for e in rows.scalars()}
+        executions.update({e.id: e for e in rows.scalars()})
     out: list[OperationPublic] = []
     for op, order in pairs:
         spec = op_spec(order, op.seq)
