@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -94,7 +95,13 @@ class Trace(BaseModel):
     edges: list[TraceEdge]
 
 
-class ImpactedLot(BaseModel):
+# The rows of a recall are plain slotted dataclasses, not models: a recall lists 100k+ of them,
+# and making each costs a fraction of a model's. Pydantic validates and serialises them as
+# objects all the same (RecallImpact below, the OpenAPI schema, JSON).
+
+
+@dataclass(slots=True)
+class ImpactedLot:
     lot_number: str
     material_code: str
     gtin: str | None
@@ -104,7 +111,8 @@ class ImpactedLot(BaseModel):
     serials: int
 
 
-class Shipment(BaseModel):
+@dataclass(slots=True)
+class Shipment:
     lot_number: str
     consignee: str | None
     quantity: Decimal

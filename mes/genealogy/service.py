@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 from itertools import repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, neg
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -59,16 +59,24 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 @contextmanager
 def _no_cycle_collection() -> Iterator[None]:
-    """Pause the cycle collector while a result is turned into models. A recall makes a few
+    """Pause the cycle collector while a result is turned into objects. A recall makes a few
     hundred thousand small objects, none in a reference cycle, and the collector's repeated
     passes over everything alive would cost more than making them. Nothing awaits inside, so
-    no other task runs meanwhile; reference counting frees as usual."""
+    no other task runs meanwhile; reference counting frees as usual.
+
+    On the way out the objects made meanwhile (all still in the youngest generation) are
+    moved to the oldest one (``freeze`` then ``unfreeze``: two list splices) instead of being
+    scanned by the young collection that re-enabling would trigger at the next allocation;
+    they are freed by reference counting once the answer has been sent. (The process keeps
+    no frozen objects of its own, which ``unfreeze`` would otherwise thaw.)"""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
@@ -105,8 +113,6 @@ def unvalidated(model: type[ModelT]) -> Callable[[dict[str, Any]], ModelT]:
 
 _node = unvalidated(TraceNode)
 _trace_edge = unvalidated(TraceEdge)
-_impacted = unvalidated(ImpactedLot)
-_shipment = unvalidated(Shipment)
 
 
 # Lots that can still be blended: not blocked by a quality decision.
@@ -451,11 +457,12 @@ async def recall_impact(session: AsyncSession, lot: Lot) -> RecallImpact:
 
 
 def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
-    """The recall impact of ``lot`` from the rows of ``repository.recall_stmt``."""
+    """The recall impact of ``lot`` from the rows of ``repository.recall_stmt``. Each lot and
+    shipment is made straight from the columns the database aggregated (no per-row dict)."""
     groups: list[tuple[Any, ...]] = []
     serials: dict[tuple[str, str], int] = {}
     loads: list[str] = []
-    shipments: list[tuple[Any, ...]] = []
+    shipments: list[Shipment] = []
     material_code = ""
     for (
         part,
@@ -477,29 +484,34 @@ def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
         elif part == RecallPart.load:
             loads = sorted(load_nos or ())
         elif part == RecallPart.shipment:
-            shipments += zip(ats, numbers, repeat(consignee), quantities, repeat(uom), strict=False)
+            # The ledger has shipments as negative quantities.
+            shipments += map(
+                Shipment,
+                numbers,
+                repeat(consignee),
+                map(neg, quantities),
+                repeat(uom),
+                ats,
+            )
         else:
             material_code = code
     finished: list[ImpactedLot] = []
     # In material order, so that the stable sort by lot number below breaks its ties (one
     # number in two materials) by material.
     for code, gtin, status, uom, numbers, quantities in sorted(groups, key=itemgetter(0)):
-        for number, quantity in zip(numbers, quantities, strict=True):
-            finished.append(
-                _impacted(
-                    {
-                        "lot_number": number,
-                        "material_code": code,
-                        "gtin": gtin,
-                        "status": status,
-                        "quantity": quantity,
-                        "uom": uom,
-                        "serials": serials.get((number, code), 0) if serials else 0,
-                    }
-                )
-            )
+        counts = (serials.get((n, code), 0) for n in numbers) if serials else repeat(0)
+        finished += map(
+            ImpactedLot,
+            numbers,
+            repeat(code),
+            repeat(gtin),
+            repeat(status),
+            quantities,
+            repeat(uom),
+            counts,
+        )
     finished.sort(key=attrgetter("lot_number"))
-    shipments.sort(key=itemgetter(0, 1))
+    shipments.sort(key=attrgetter("at", "lot_number"))
     return RecallImpact.model_construct(
         suspect_lot=lot.lot_number,
         material_code=material_code,
@@ -507,18 +519,7 @@ def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
         finished_lot_count=len(finished),
         serial_count=sum(serials.values()),
         loads=loads,
-        shipments=[
-            _shipment(
-                {
-                    "lot_number": number,
-                    "consignee": consignee,
-                    "quantity": -quantity,
-                    "uom": uom,
-                    "at": at,
-                }
-            )
-            for at, number, consignee, quantity, uom in shipments
-        ],
+        shipments=shipments,
     )
 
 
