@@ -29,8 +29,9 @@ Printed: per action and overall count, errors, actions/s and p50/p95/p99/max lat
 reads that found nothing free are listed apart), errors by status (with the exceptions from
 the server's log on a 5xx), the planner's requests, CPU of ``mes serve`` (its event-loop
 thread apart) and of the PostgreSQL backends of the database (from /proc), what those
-backends wait on and who holds the audit chain lock (pg_stat_activity, pg_locks), the share
-of the server's CPU that Argon2id e-signature checks take, and PASS/FAIL against the target.
+backends wait on and who holds an advisory lock - the audit chain and the lot closure, both
+taken inside COMMIT (pg_stat_activity, pg_locks) - the share of the server's CPU that
+Argon2id e-signature checks take, and PASS/FAIL against the target.
 
 Target (the issue): p99 < 150 ms at >= 100 actions/s on this 2-core machine.
 
@@ -1324,11 +1325,11 @@ def report(
         f"PostgreSQL backends of {floor.database} (mean of {pg.samples} samples, every "
         f"{PG_SAMPLE_S:g} s): active {pg.mean(pg.states, 'active'):.1f}, idle in transaction "
         f"{pg.mean(pg.states, 'idle in transaction'):.1f}, idle {pg.mean(pg.states, 'idle'):.1f}; "
-        f"waiting on locks: {locks or 'none'} (advisory = the audit chain lock, max "
-        f"{pg.chain_max} waiting at once)"
+        f"waiting on locks: {locks or 'none'} (advisory = the audit chain and lot closure "
+        f"locks, taken inside COMMIT; max {pg.chain_max} waiting at once)"
     )
     held = ", ".join(f"{k} {100 * n / pg.samples:.0f}%" for k, n in pg.holder.most_common())
-    print(f"audit chain lock holder, share of samples: {held or 'no samples'}")
+    print(f"advisory lock holders, share of samples: {held or 'no samples'}")
     signing = len(completes) / seconds * argon.cpu
     share = 100 * signing / (cpu.server / seconds) if cpu.server else math.nan
     print(
