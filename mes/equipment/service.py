@@ -133,11 +133,12 @@ async def codes_of(session: AsyncSession, ids: Iterable[uuid.UUID | None]) -> di
     wanted = {i for i in ids if i is not None}
     missing = wanted - _CODE_CACHE.keys()
     if missing:
+        if len(_CODE_CACHE) + len(missing) > _CODE_CACHE_MAX:
+            _CODE_CACHE.clear()
+            missing = wanted
         rows = await session.execute(
             select(Equipment.id, Equipment.code).where(col(Equipment.id).in_(missing))
         )
-        if len(_CODE_CACHE) > _CODE_CACHE_MAX:
-            _CODE_CACHE.clear()
         _CODE_CACHE.update({row.id: row.code for row in rows})
     return {i: _CODE_CACHE[i] for i in wanted if i in _CODE_CACHE}
 

@@ -42,6 +42,7 @@ from sqlalchemy import (
     literal_column,
     null,
     select,
+    text,
     true,
     type_coerce,
     union_all,
@@ -268,11 +269,20 @@ async def add_reach(session: AsyncSession, parent: uuid.UUID, child: uuid.UUID) 
     adds them inside COMMIT, after taking a transaction advisory lock (:data:`REACH_LOCK`), so
     its walks see the edges of every transaction that committed before it; the lock is
     never held across a round trip to the application. Until then, the transaction's own
-    new pairs are not in ``lot_reach`` (nothing reads them before the commit).
+    new pairs are not in ``lot_reach``: a reader in the same transaction calls
+    :func:`settle_reach` first.
     """
     if session.get_bind().dialect.name == "postgresql":
         return
     await session.execute(reach_insert_stmt(), {"parent": parent, "child": child})
+
+
+async def settle_reach(session: AsyncSession) -> None:
+    """Make ``lot_reach`` include the edges this transaction added, before reading it in the
+    same transaction: on PostgreSQL the pending closure triggers run now (taking the closure
+    lock until the commit); on SQLite the pairs are there already."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SET CONSTRAINTS genealogy_edge_reach IMMEDIATE"))
 
 
 def reach_pairs_stmt() -> Select[Any]:

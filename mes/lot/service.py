@@ -23,6 +23,7 @@ from mes.errors import (
     NotFound,
     SignatureRequired,
 )
+from mes.genealogy import repository as genealogy_repository
 from mes.ids import parse_uuid
 from mes.lot import rules
 from mes.lot.schemas import (
@@ -476,6 +477,7 @@ async def pilot_origin(session: AsyncSession, lot: Lot) -> Lot | None:
     was split, blended or made from (``lot_reach``, the closure of the genealogy), or None."""
     if lot.is_pilot:
         return lot
+    await genealogy_repository.settle_reach(session)
     found = await session.execute(
         select(Lot)
         .join(LotReach, col(LotReach.ancestor_lot_id) == Lot.id)

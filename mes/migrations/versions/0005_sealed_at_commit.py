@@ -14,7 +14,8 @@ position ``chain_seq`` (1, 2, 3... in commit order). On PostgreSQL the link is m
 deferred constraint trigger ``mes_audit_seal`` while the transaction commits: the chain lock
 (``pg_advisory_xact_lock``) is then held only inside COMMIT, never across a round trip to the
 application. Entries chained before this revision keep their hashes (``content_hash`` NULL;
-verified by the former formula) and get ``chain_seq`` = ``seq``.
+verified by the former formula) and get positions 1, 2, 3... in ``seq`` order (``seq`` itself
+may have gaps: identity values of rolled-back inserts are not reused).
 """
 
 from collections.abc import Sequence
@@ -37,6 +38,9 @@ DECLARE
     last_seq bigint;
     last_hash text;
 BEGIN
+    IF TG_TABLE_NAME <> 'audit_entry' THEN
+        RAISE EXCEPTION 'mes_audit_seal is the trigger of audit_entry only';
+    END IF;
     -- AT-5: one chain. Commits that carry audit entries take turns here; each statement
     -- below sees every chain link committed before the lock was granted.
     PERFORM pg_advisory_xact_lock({CHAIN_LOCK_ID});
@@ -57,11 +61,21 @@ $$
 """
 
 # AT-4 for audit_entry: no UPDATE or DELETE, except the seal above filling the chain columns
-# of a row not yet sealed (and nothing else of it).
+# of a row not yet sealed (and nothing else of it); AT-5: a new row comes with its content hash
+# and without a link (a preset position could only block or fork honest commits).
 PG_GUARD = """
 CREATE OR REPLACE FUNCTION mes_audit_guard() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.content_hash IS NULL OR NEW.chain_seq IS NOT NULL OR NEW.prev_hash IS NOT NULL
+           OR NEW.hash IS NOT NULL THEN
+            RAISE EXCEPTION 'AT-5: an audit entry is inserted with its content hash and '
+                'without a chain link (the link is made at COMMIT)'
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        RETURN NEW;
+    END IF;
     IF TG_OP = 'UPDATE' AND pg_trigger_depth() > 1 AND OLD.hash IS NULL
        AND NEW.hash IS NOT NULL AND OLD.content_hash IS NOT NULL
        AND to_jsonb(NEW) - 'chain_seq' - 'prev_hash' - 'hash'
@@ -84,6 +98,9 @@ PG_REACH = f"""
 CREATE OR REPLACE FUNCTION mes_lot_reach_close() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
+    IF TG_TABLE_NAME <> 'genealogy_edge' THEN
+        RAISE EXCEPTION 'mes_lot_reach_close is the trigger of genealogy_edge only';
+    END IF;
     PERFORM pg_advisory_xact_lock({REACH_LOCK});
     INSERT INTO lot_reach (ancestor_lot_id, descendant_lot_id)
     WITH RECURSIVE up(lot_id) AS (
@@ -102,6 +119,12 @@ END
 $$
 """
 
+BACKFILL = """
+UPDATE audit_entry SET chain_seq = numbered.position
+FROM (SELECT seq, row_number() OVER (ORDER BY seq) AS position FROM audit_entry) AS numbered
+WHERE audit_entry.seq = numbered.seq
+"""
+
 SQLITE_GUARDS = {
     verb: f"CREATE TRIGGER audit_entry_no_{verb.lower()} BEFORE {verb} ON audit_entry "
     f"BEGIN SELECT RAISE(ABORT, 'AT-4: {verb} on append-only table audit_entry is refused'); END"
@@ -113,14 +136,14 @@ def upgrade() -> None:
     postgresql = op.get_bind().dialect.name == "postgresql"
     op.add_column("audit_entry", sa.Column("content_hash", sa.String(length=64), nullable=True))
     op.add_column("audit_entry", sa.Column("chain_seq", sa.BigInteger(), nullable=True))
-    # Entries so far are chained in seq order.
+    # Entries so far are chained in seq order: positions 1, 2, 3... (seq may have gaps).
     if postgresql:
         op.execute("ALTER TABLE audit_entry DISABLE TRIGGER audit_entry_append_only")
-        op.execute("UPDATE audit_entry SET chain_seq = seq")
+        op.execute(BACKFILL)
         op.execute("ALTER TABLE audit_entry ENABLE TRIGGER audit_entry_append_only")
     else:
         op.execute("DROP TRIGGER audit_entry_no_update")
-        op.execute("UPDATE audit_entry SET chain_seq = seq")
+        op.execute(BACKFILL)
         op.execute(SQLITE_GUARDS["UPDATE"])
     op.create_index("ix_audit_entry_chain_seq", "audit_entry", ["chain_seq"], unique=True)
     if not postgresql:
@@ -132,8 +155,8 @@ def upgrade() -> None:
     op.execute(PG_GUARD)
     op.execute("DROP TRIGGER audit_entry_append_only ON audit_entry")
     op.execute(
-        "CREATE TRIGGER audit_entry_append_only BEFORE UPDATE OR DELETE ON audit_entry "
-        "FOR EACH ROW EXECUTE FUNCTION mes_audit_guard()"
+        "CREATE TRIGGER audit_entry_append_only BEFORE INSERT OR UPDATE OR DELETE ON "
+        "audit_entry FOR EACH ROW EXECUTE FUNCTION mes_audit_guard()"
     )
     op.execute(PG_SEAL)
     op.execute(
@@ -145,9 +168,19 @@ def upgrade() -> None:
         "CREATE CONSTRAINT TRIGGER genealogy_edge_reach AFTER INSERT ON genealogy_edge "
         "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION mes_lot_reach_close()"
     )
+    # They run with the owner's rights: nobody calls them but their triggers.
+    op.execute("REVOKE EXECUTE ON FUNCTION mes_audit_seal(), mes_lot_reach_close() FROM PUBLIC")
 
 
 def downgrade() -> None:
+    chained = op.get_bind().execute(
+        sa.text("SELECT count(*) FROM audit_entry WHERE content_hash IS NOT NULL")
+    )
+    if chained.scalar_one():
+        # Their hashes verify only with content_hash and chain_seq (AT-5, AT-8).
+        raise RuntimeError(
+            "audit entries were chained by revision 0005; downgrading would drop what verifies them"
+        )
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP TRIGGER genealogy_edge_reach ON genealogy_edge")
         op.execute("DROP FUNCTION mes_lot_reach_close()")

@@ -168,9 +168,12 @@ async def test_entries_chained_before_revision_0005_still_verify(blank_url: str)
                     "prev_hash": prev,
                 }
                 digest = entry_hash(prev, content)
-                # Only the columns revision 0004 has.
+                # Only the columns revision 0004 has; seq with gaps, as rolled-back inserts
+                # leave them.
                 legacy_row = {k: v for k, v in content.items() if v is not None}
-                await conn.execute(insert(AUDIT).values(**legacy_row, hash=digest))
+                await conn.execute(
+                    insert(AUDIT).values(**legacy_row, hash=digest, seq=1001 + 4 * i)
+                )
                 prev = digest
         await upgrade(engine)
         sessions = create_sessionmaker(engine)
@@ -225,3 +228,39 @@ async def test_concurrent_commits_keep_one_chain(ctx: AppContext) -> None:
     assert all(a[:-1] == b[:-1] for a, b in zip(ids[::2], ids[1::2], strict=True))
     async with ctx.db.sessionmaker() as session:
         assert (await audit.verify_chain(session)).ok
+
+
+async def test_an_entry_inserted_around_the_chain_fails_verification(ctx: AppContext) -> None:
+    """AT-5: a row that is in the table but not in the chain (inserted with the sealing
+    bypassed) is reported, not skipped; on PostgreSQL such an insert is refused outright."""
+    async with ctx.db.sessionmaker() as session:
+        await _record(session, "chained")
+        await session.commit()
+    row = {
+        "id": uuid.uuid4(),
+        "at": datetime.now(UTC),
+        "username": "intruder",
+        "action": "update",
+        "entity_type": "thing",
+        "entity_id": "x",
+        "entity_version": 1,
+        "changes": [],
+        "reason": "r",
+        "app_version": "0",
+    }
+    if BACKEND == "postgresql":
+        preset = {**row, "content_hash": "a" * 64, "chain_seq": 99, "prev_hash": "0" * 64}
+        with pytest.raises(DBAPIError, match="AT-5"):
+            async with ctx.db.engine.begin() as conn:
+                await conn.execute(insert(AUDIT).values(**preset, hash="b" * 64))
+        async with ctx.db.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE audit_entry DISABLE TRIGGER USER"))
+            await conn.execute(insert(AUDIT).values(**row))
+            await conn.execute(text("ALTER TABLE audit_entry ENABLE TRIGGER USER"))
+    else:
+        async with ctx.db.engine.begin() as conn:
+            await conn.execute(insert(AUDIT).values(**row, prev_hash="", hash="c" * 64))
+    async with ctx.db.sessionmaker() as session:
+        result = await audit.verify_chain(session)
+    assert not result.ok
+    assert "not in the chain" in (result.problem or "")

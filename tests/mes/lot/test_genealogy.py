@@ -727,3 +727,31 @@ async def test_concurrent_edges_close_each_other(
     await assert_closure(ctx)
     assert (a, d) in await _closure(ctx)
     assert (a, d) in await _closure(ctx)
+
+
+async def test_pilot_ancestry_is_seen_in_the_transaction_that_links_it(ctx: AppContext) -> None:
+    """RL-1 within one transaction: an edge from a pilot lot added and then the ancestry read
+    (as a release right after production would) - the closure includes the new edge."""
+    await _material(ctx, "MON", "monomer", "kg")
+    for lot in ("P-1", "Q-1"):
+        await _receive(ctx, "MON", lot, "10", "kg")
+    async with ctx.db.sessionmaker() as s, s.begin():
+        pilot, made = await lots.get_lot(s, "P-1"), await lots.get_lot(s, "Q-1")
+        pilot.is_pilot = True
+        s.add(pilot)
+        s.add(
+            GenealogyEdge(
+                parent_lot_id=pilot.id,
+                child_lot_id=made.id,
+                kind=EdgeKind.transform,
+                quantity=Decimal(1),
+                uom="kg",
+                execution_id=uuid.uuid4(),
+            )
+        )
+        await s.flush()
+        await repo.add_reach(s, pilot.id, made.id)
+        origin = await lots.pilot_origin(s, made)
+        assert origin is not None
+        assert origin.lot_number == "P-1"
+    await assert_closure(ctx)
