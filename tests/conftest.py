@@ -47,6 +47,16 @@ def pg_url(database: str) -> str:
     return f"{base}/{database}"
 
 
+async def pg_admin(*statements: str) -> None:
+    """Run ``statements`` on the admin connection (CREATE / DROP DATABASE)."""
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def _migrate(url: str) -> None:
     engine = create_engine(url)
     try:
@@ -66,20 +76,13 @@ def template_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     name = f"mes_tpl_{os.getpid()}"
 
     async def create() -> None:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
+        await pg_admin(
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', f'CREATE DATABASE "{name}"'
+        )
         await _migrate(pg_url(name))
 
     async def drop() -> None:
-        conn = await asyncpg.connect(PG_DSN)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     asyncio.run(create())
     yield name
@@ -94,17 +97,9 @@ async def database_url(template_db: str, tmp_path: Path) -> AsyncIterator[str]:
         yield f"sqlite+aiosqlite:///{target}"
         return
     name = f"mes_t_{uuid.uuid4().hex[:16]}"
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await conn.close()
+    await pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
     yield pg_url(name)
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def make_settings(database_url: str, tmp_path: Path, **overrides: object) -> MesSettings:

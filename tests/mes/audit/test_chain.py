@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import DBAPIError
@@ -23,7 +22,7 @@ from mes.db import create_engine, create_sessionmaker
 from mes.migrate import upgrade
 from mes.models import AuditEntry
 from mes.principal import system_principal
-from tests.conftest import BACKEND, PG_DSN, pg_url
+from tests.conftest import BACKEND, pg_admin, pg_url
 
 ACTOR = system_principal("test")
 AUDIT = AuditEntry.__table__  # type: ignore[attr-defined]
@@ -125,17 +124,9 @@ async def blank_url(tmp_path: Path) -> AsyncIterator[str]:
         yield f"sqlite+aiosqlite:///{tmp_path / 'blank.db'}"
         return
     name = f"mes_b_{uuid.uuid4().hex[:16]}"
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    await pg_admin(f'CREATE DATABASE "{name}"')
     yield pg_url(name)
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_entries_chained_before_revision_0005_still_verify(blank_url: str) -> None:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -31,13 +30,13 @@ from mes.principal import system_principal
 from tests.conftest import (
     BACKEND,
     PASSWORD,
-    PG_DSN,
     ROLES,
     Actors,
     FakeClock,
     create_user,
     login,
     make_settings,
+    pg_admin,
     pg_url,
 )
 
@@ -238,14 +237,6 @@ async def _prepare_plant(url: str, var_dir: Path) -> str:
         await context.close()
 
 
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def plant_template(
     template_db: str, tmp_path_factory: pytest.TempPathFactory
@@ -261,13 +252,13 @@ def plant_template(
     name = f"mes_plant_{os.getpid()}"
 
     async def create() -> str:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+        await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
         return await _prepare_plant(pg_url(name), var_dir)
 
     key = asyncio.run(create())
     yield PlantTemplate(name, key)
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -279,9 +270,9 @@ async def plant_database_url(plant_template: PlantTemplate, tmp_path: Path) -> A
         yield f"sqlite+aiosqlite:///{target}"
         return
     name = f"mes_t_{uuid.uuid4().hex[:16]}"
-    await _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{plant_template.location}"')
+    await pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{plant_template.location}"')
     yield pg_url(name)
-    await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass
