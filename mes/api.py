@@ -1,8 +1,9 @@
-"""The HTTP surface in one place: every domain router under ``/api/v1``."""
+"""The HTTP surface in one place: every domain router, each under ``/api/v1``
+(:data:`mes.routes.API_PREFIX`)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 
 from mes import health
 from mes.audit import router as audit
@@ -10,22 +11,32 @@ from mes.equipment import router as equipment
 from mes.identity import router as identity
 from mes.lot import router as lot
 from mes.material import router as material
+from mes.routes import API_PREFIX
 from mes.signature import router as signature
 from mes.udi import router as udi
 from mes.work import router as work
 
-API_PREFIX = "/api/v1"
+__all__ = ["API_PREFIX", "ROUTERS", "install_routes"]
+
+# In the order a request is matched: the shop-floor and lot routes, the busiest, first.
+ROUTERS: tuple[APIRouter, ...] = (
+    work.router,
+    lot.router,
+    identity.router,
+    equipment.router,
+    material.router,
+    udi.router,
+    signature.router,
+    audit.router,
+    health.router,
+)
 
 
-def build_api_router() -> APIRouter:
-    api = APIRouter(prefix=API_PREFIX)
-    api.include_router(health.router)
-    api.include_router(identity.router)
-    api.include_router(equipment.router)
-    api.include_router(material.router)
-    api.include_router(lot.router)
-    api.include_router(udi.router)
-    api.include_router(audit.router)
-    api.include_router(signature.router)
-    api.include_router(work.router)
-    return api
+def install_routes(app: FastAPI) -> None:
+    """Add every API route to the application's own router, flat.
+
+    ``include_router`` would keep each router nested, and every request would then be matched
+    through each level (twice); the routers already carry the full path prefix, so their
+    routes are added as they are."""
+    for router in ROUTERS:
+        app.router.routes.extend(router.routes)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 import mes
-from mes.api import build_api_router
+from mes.api import install_routes
 from mes.context import AppContext
 from mes.http import RequestGuard, install_error_handlers
 from mes.identity.deps import check_route_permissions
@@ -64,7 +64,7 @@ def create_app(
         redoc_url=None,
     )
     install_error_handlers(app)
-    app.include_router(build_api_router())
+    install_routes(app)
     check_route_permissions(app)
     install_openapi(app)
     app.add_middleware(

@@ -13,10 +13,11 @@ from sqlalchemy.exc import SQLAlchemyError
 import mes
 from mes.http import ContextDep
 from mes.migrate import current_revision, head_revision
+from mes.routes import API_PREFIX
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(tags=["health"])
+router = APIRouter(prefix=API_PREFIX, tags=["health"])
 
 
 class ComponentState(BaseModel):

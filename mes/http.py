@@ -42,7 +42,12 @@ def get_context(request: Request) -> AppContext:
     return ctx
 
 
-ContextDep = Annotated[AppContext, Depends(get_context)]
+async def _context(request: Request) -> AppContext:
+    # Dependencies are async: FastAPI runs a plain ``def`` dependency in its thread pool.
+    return get_context(request)
+
+
+ContextDep = Annotated[AppContext, Depends(_context)]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -178,7 +183,7 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def required_version(
+async def required_version(
     if_match: Annotated[
         str | None,
         Header(
@@ -198,7 +203,7 @@ def required_version(
     return parse_if_match(if_match)
 
 
-def optional_version(
+async def optional_version(
     if_match: Annotated[
         str | None,
         Header(alias="If-Match", description="Optional version guard.", pattern=IF_MATCH_PATTERN),

@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import BaseRoute
 
+API_PREFIX = "/api/v1"
+
 
 def route_contexts(app: FastAPI | Any) -> Iterator[Any]:
     """Every route of ``app`` (a FastAPI app or Starlette router owner) with its full path."""

@@ -12,8 +12,9 @@ from mes.http import CursorQuery, LimitQuery, SessionDep, decode_int_cursor, enc
 from mes.identity.deps import Allow
 from mes.models import Role
 from mes.principal import Principal
+from mes.routes import API_PREFIX
 
-router = APIRouter(tags=["audit"])
+router = APIRouter(prefix=API_PREFIX, tags=["audit"])
 
 AuditReader = Annotated[Principal, Depends(Allow(Role.supervisor, Role.qa, Role.admin))]
 Verifier = Annotated[Principal, Depends(Allow(Role.qa, Role.admin))]

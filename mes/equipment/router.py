@@ -36,9 +36,10 @@ from mes.http import (
 from mes.identity.deps import ANY_HUMAN, Allow
 from mes.models import EquipmentLevel, EquipmentStatus, Role
 from mes.principal import Principal
+from mes.routes import API_PREFIX
 from mes.signature import service as signatures
 
-router = APIRouter(tags=["plant model"])
+router = APIRouter(prefix=API_PREFIX, tags=["plant model"])
 
 Reader = Annotated[Principal, Depends(Allow(*ANY_HUMAN))]
 Editor = Annotated[Principal, Depends(Allow(Role.admin, Role.supervisor))]

@@ -39,8 +39,9 @@ from mes.identity.schemas import (
 )
 from mes.models import Role, UserStatus
 from mes.principal import Principal
+from mes.routes import API_PREFIX
 
-router = APIRouter(tags=["identity"])
+router = APIRouter(prefix=API_PREFIX, tags=["identity"])
 
 AdminDep = Annotated[Principal, Depends(Allow(Role.admin))]
 UserReaderDep = Annotated[Principal, Depends(Allow(Role.admin, Role.qa))]

@@ -57,10 +57,11 @@ from mes.lot.schemas import (
 )
 from mes.models import Lot, LotStatus, Role
 from mes.principal import Principal
+from mes.routes import API_PREFIX
 from mes.signature import service as signatures
 from mes.udi.label import UdiLabel, build_label, render_datamatrix
 
-router = APIRouter(tags=["lots and genealogy"])
+router = APIRouter(prefix=API_PREFIX, tags=["lots and genealogy"])
 
 Reader = Annotated[Principal, Depends(Allow(*ANY_HUMAN))]
 Stores = Annotated[Principal, Depends(Allow(Role.operator, Role.supervisor))]

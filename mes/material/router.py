@@ -23,8 +23,9 @@ from mes.material import service
 from mes.material.schemas import MaterialCreate, MaterialList, MaterialPublic, MaterialUpdate
 from mes.models import MaterialKind, Role
 from mes.principal import Principal
+from mes.routes import API_PREFIX
 
-router = APIRouter(tags=["plant model"])
+router = APIRouter(prefix=API_PREFIX, tags=["plant model"])
 
 Reader = Annotated[Principal, Depends(Allow(*ANY_HUMAN))]
 Editor = Annotated[Principal, Depends(Allow(Role.admin, Role.supervisor))]

@@ -12,10 +12,11 @@ from mes.http import CursorQuery, LimitQuery, SessionDep, decode_str_cursor, enc
 from mes.identity.deps import Allow
 from mes.models import Role
 from mes.principal import Principal
+from mes.routes import API_PREFIX
 from mes.signature import service
 from mes.signature.schemas import SignatureList, SignaturePublic
 
-router = APIRouter(tags=["e-signatures"])
+router = APIRouter(prefix=API_PREFIX, tags=["e-signatures"])
 
 Reader = Annotated[Principal, Depends(Allow(Role.supervisor, Role.qa, Role.admin))]
 Filter = Annotated[str | None, Query(max_length=64)]

@@ -18,11 +18,12 @@ from mes.http import (
 from mes.identity.deps import Allow
 from mes.models import Role
 from mes.principal import Principal
+from mes.routes import API_PREFIX
 from mes.udi import service
 from mes.udi.rules import ScanOutcome
 from mes.udi.schemas import ScanList, ScanRequest, ScanResult
 
-router = APIRouter(tags=["identification"])
+router = APIRouter(prefix=API_PREFIX, tags=["identification"])
 
 Scanner = Annotated[
     Principal, Depends(Allow(Role.operator, Role.supervisor, Role.qa, Role.planner))

@@ -27,6 +27,7 @@ from mes.identity.deps import ANY_HUMAN, Allow
 from mes.lot import service as lots
 from mes.models import DeviationStatus, Role, WorkMasterStatus, WorkOrderStatus
 from mes.principal import Principal
+from mes.routes import API_PREFIX
 from mes.signature import service as signatures
 from mes.signature.schemas import SignatureInput, SignaturePublic
 from mes.work import (
@@ -71,7 +72,7 @@ from mes.work.schemas import (
     WorkOrderPublic,
 )
 
-router = APIRouter()
+router = APIRouter(prefix=API_PREFIX)
 EXACT = Decimal("0.000001")
 
 Reader = Annotated[Principal, Depends(Allow(*ANY_HUMAN))]

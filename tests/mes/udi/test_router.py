@@ -17,10 +17,7 @@ from sqlmodel import col, select
 
 from mes.app import create_app
 from mes.context import AppContext
-from mes.identity.deps import check_route_permissions
 from mes.models import ScanEvent
-from mes.routes import api_routes
-from mes.udi.router import router as udi_router
 from tests.conftest import Actors, FakeClock
 
 API = "/api/v1"
@@ -33,11 +30,8 @@ Json = dict[str, Any]
 
 @pytest.fixture
 async def app(ctx: AppContext) -> AsyncIterator[FastAPI]:
-    """The app with the identification router, whether or not mes/api.py wires it yet."""
+    """The application, with the identification routes among its own."""
     application = create_app(context=ctx, migrate=False)
-    if not any(path == f"{API}/scans" for _, path, _ in api_routes(application)):
-        application.include_router(udi_router, prefix=API)
-        check_route_permissions(application)
     async with application.router.lifespan_context(application):
         yield application
 
