@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -21,6 +21,13 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
+
+T = TypeVar("T")
+
+# ``Session.info`` key of the list that keeps a request's objects alive (see ``hold_objects``).
+HELD = "mes.held"
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -67,8 +74,42 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
 
 
+class MesSession(Session):
+    """The ORM session of the application (the sync side of every ``AsyncSession``)."""
+
+
+def _hold(session: Session, instance: object) -> None:
+    held = session.info.get(HELD)
+    if held is not None:
+        held.append(instance)
+
+
+# The identity map holds clean objects weakly: an object a service function loaded and
+# returned without keeping is collected, and the next ``session.get`` of it (the response
+# reading the same execution, material or unit) reads it again. A session that will be short
+# keeps them (``hold_objects``).
+event.listen(MesSession, "loaded_as_persistent", _hold)
+event.listen(MesSession, "pending_to_persistent", _hold)
+
+
+def hold_objects(session: AsyncSession) -> None:
+    """Keep every object ``session`` loads or writes until the session closes, so that the
+    identity map answers repeated lookups of it: for short sessions only (an HTTP request),
+    as a long one would keep everything it ever read."""
+    session.sync_session.info.setdefault(HELD, [])
+
+
+def held(session: AsyncSession, model: type[T], ident: Any) -> T | None:
+    """The object of ``model`` with primary key ``ident`` if ``session`` holds it already
+    (no statement either way)."""
+    found = session.sync_session.identity_map.get(identity_key(model, ident))
+    return found if isinstance(found, model) else None
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(
+        engine, expire_on_commit=False, autoflush=False, sync_session_class=MesSession
+    )
 
 
 @dataclass

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mes.audit.rules import canonical_json
 from mes.context import AppContext
+from mes.db import hold_objects
 from mes.errors import BadRequest, Conflict, InvalidInput, MesError, PreconditionRequired
 from mes.models import IdempotencyRecord
 from mes.principal import Principal
@@ -54,6 +55,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One session per request; commits before the response is sent (function scope)."""
     ctx = get_context(request)
     async with ctx.db.sessionmaker() as session:
+        hold_objects(session)
         try:
             yield session
         except MesError as exc:

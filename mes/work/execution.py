@@ -8,12 +8,14 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import literal, union
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from mes.audit import service as audit
 from mes.context import AppContext
+from mes.db import held
 from mes.equipment import service as equipment
 from mes.errors import Conflict, Forbidden, InvalidInput, InvalidTransition, NotFound
 from mes.genealogy import service as genealogy
@@ -70,13 +72,15 @@ ACTIVE_ORDER = frozenset({WorkOrderStatus.released, WorkOrderStatus.in_progress}
 async def get(
     session: AsyncSession, ident: str, *, lock: bool = False
 ) -> tuple[Operation, WorkOrder]:
-    """An operation by id."""
+    """An operation by id, with its order; its execution, if it has one, is read along into
+    the session (``execution_of``)."""
     op_id = parse_uuid(ident)
     if op_id is None:
         raise NotFound(f"operation {ident!r} does not exist; operations are addressed by id")
     stmt = (
-        select(Operation, WorkOrder)
+        select(Operation, WorkOrder, OperationExecution)
         .join(WorkOrder, col(WorkOrder.id) == Operation.work_order_id)
+        .outerjoin(OperationExecution, col(OperationExecution.id) == Operation.execution_id)
         .where(Operation.id == op_id)
     )
     if lock:
@@ -127,9 +131,9 @@ def check_recording(op: Operation, order: WorkOrder, what: str) -> None:
         )
 
 
-async def eligible_units(session: AsyncSession, order: WorkOrder, op: Operation) -> list[Equipment]:
-    """Units that may run the operation: the listed ones, else the units of the named class
-    under the work center, else every unit of the work center."""
+async def _eligible_stmt(
+    session: AsyncSession, order: WorkOrder, op: Operation
+) -> SelectOfScalar[Equipment]:
     spec = orders.op_spec(order, op.seq)
     stmt = select(Equipment).where(Equipment.parent_id == op.work_center_id)
     if spec.get("eligible_equipment"):
@@ -137,18 +141,36 @@ async def eligible_units(session: AsyncSession, order: WorkOrder, op: Operation)
     elif spec.get("equipment_class"):
         cls = await equipment.find_class(session, spec["equipment_class"])
         stmt = stmt.where(Equipment.equipment_class_id == (cls.id if cls else None))
+    return stmt
+
+
+async def eligible_units(session: AsyncSession, order: WorkOrder, op: Operation) -> list[Equipment]:
+    """Units that may run the operation: the listed ones, else the units of the named class
+    under the work center, else every unit of the work center."""
+    stmt = await _eligible_stmt(session, order, op)
     return list((await session.execute(stmt.order_by(col(Equipment.code)))).scalars())
 
 
 async def _eligible_unit(
-    ctx: AppContext, session: AsyncSession, order: WorkOrder, op: Operation, code: str
+    ctx: AppContext,
+    session: AsyncSession,
+    order: WorkOrder,
+    op: Operation,
+    code: str,
+    *,
+    lock: bool = False,
 ) -> Equipment:
-    units = {u.code: u for u in await eligible_units(session, order, op)}
-    unit = units.get(code)
+    """The unit ``code`` if it may run the operation (row-locked with ``lock``); 409 PROC-3
+    naming the eligible units otherwise."""
+    stmt = (await _eligible_stmt(session, order, op)).where(col(Equipment.code) == code)
+    if lock:
+        stmt = stmt.with_for_update()
+    unit = (await session.execute(stmt)).scalar_one_or_none()
     if unit is None:
+        eligible = [u.code for u in await eligible_units(session, order, op)]
         raise Conflict(
             f"{code} may not run operation {op.seq} ({op.name}); eligible: "
-            + (", ".join(sorted(units)) or "none"),
+            + (", ".join(eligible) or "none"),
             rule="PROC-3",
             field="equipment_code",
         )
@@ -274,8 +296,7 @@ async def start(
     await orders.require_operation_action(session, principal, op, order, "start")
     spec = orders.op_spec(order, op.seq)
     await _check_qualified(ctx, session, principal, spec)
-    unit = await _eligible_unit(ctx, session, order, op, data.equipment_code)
-    unit = await equipment.get(session, unit.code, lock=True)
+    unit = await _eligible_unit(ctx, session, order, op, data.equipment_code, lock=True)
     now = ctx.clock.now()
     problems = equipment.usability(unit, now)
     if problems:
@@ -605,6 +626,8 @@ async def report_output(
     in_lot_uom = lots.convert_quantity(data.quantity, data.uom, product.base_uom, "uom")
     ex = await execution_of(session, op)
     now = ctx.clock.now()
+    consumed = await _consumed(session, order)
+    existing: set[uuid.UUID] = set()  # parents the output lot has already
     if order.output_lot_id is None:
         lot, _ = await lots.create_lot(
             ctx,
@@ -620,7 +643,7 @@ async def report_output(
             execution_id=ex.id,
             entered=(data.quantity, data.uom),
             manufactured_at=now,
-            expires_at=await _expiry(session, order, product, now),
+            expires_at=_expiry(product, now, consumed),
         )
         if order.is_pilot:
             lot.is_pilot = True
@@ -630,6 +653,7 @@ async def report_output(
         found = await session.get(Lot, order.output_lot_id, with_for_update=True)
         assert found is not None  # foreign key
         lot = found
+        existing = await _parents(session, lot)
         await ledger.post(
             ctx,
             session,
@@ -642,7 +666,7 @@ async def report_output(
             execution_id=ex.id,
             check_eligibility=False,
         )
-    await _link_consumed(session, order, lot, now)
+    await _link_consumed(session, lot, consumed, existing, now)
     if data.serials:
         await containers.add_serials(ctx, session, principal, lot, list(data.serials), data.reason)
     before = orders.view(order)
@@ -666,26 +690,34 @@ async def report_output(
     return op, order, lot, len(data.serials)
 
 
-async def _expiry(
-    session: AsyncSession, order: WorkOrder, product: MaterialDefinition, now: Any
+def _expiry(
+    product: MaterialDefinition, now: Any, consumed: list[tuple[MaterialTransaction, Lot]]
 ) -> Any:
     """UDI-7: manufacture date + shelf life, never later than the earliest consumed lot."""
     expiry = lots.default_expiry(product, now)
-    for _, lot in await _consumed(session, order):
+    for _, lot in consumed:
         if lot.expires_at is not None and (expiry is None or lot.expires_at < expiry):
             expiry = lot.expires_at
     return expiry
 
 
-async def _link_consumed(session: AsyncSession, order: WorkOrder, output: Lot, at: Any) -> None:
-    existing = {
-        row[0]
-        for row in await session.execute(
-            select(GenealogyEdge.parent_lot_id).where(GenealogyEdge.child_lot_id == output.id)
-        )
-    }
+async def _parents(session: AsyncSession, lot: Lot) -> set[uuid.UUID]:
+    rows = await session.execute(
+        select(GenealogyEdge.parent_lot_id).where(GenealogyEdge.child_lot_id == lot.id)
+    )
+    return {row[0] for row in rows}
+
+
+async def _link_consumed(
+    session: AsyncSession,
+    output: Lot,
+    consumed: list[tuple[MaterialTransaction, Lot]],
+    existing: set[uuid.UUID],
+    at: Any,
+) -> None:
+    """An edge from every lot the order consumed to its output lot, unless one is there."""
     per_lot: dict[uuid.UUID, tuple[Lot, Decimal, uuid.UUID]] = {}
-    for tx, lot in await _consumed(session, order):
+    for tx, lot in consumed:
         if lot.id in existing:
             continue
         _, qty, _ = per_lot.get(lot.id, (lot, Decimal(0), tx.execution_id))
@@ -703,23 +735,12 @@ async def _completion_problems(
 ) -> list[str]:
     spec = orders.op_spec(order, op.seq)
     problems: list[str] = []
-    recorded = {
-        row[0]
-        for row in await session.execute(
-            select(ParameterValue.name).where(ParameterValue.execution_id == ex.id).distinct()
-        )
-    }
+    done = await _execution_facts(session, ex.id)
     for p in spec.get("parameters", []):
-        if p.get("capture") != "lab" and p["name"] not in recorded:
+        if p.get("capture") != "lab" and ("parameter", p["name"]) not in done:
             problems.append(f"parameter {p['name']} not recorded")
-    checked = {
-        row[0]
-        for row in await session.execute(
-            select(CheckResult.name).where(CheckResult.execution_id == ex.id).distinct()
-        )
-    }
     for c in spec.get("checks", []):
-        if c["name"] not in checked:
+        if ("check", c["name"]) not in done:
             problems.append(f"check {c['name']} not done")
     bom = spec.get("bom", [])
     if bom:
@@ -734,18 +755,27 @@ async def _completion_problems(
                     f"{m.code}: {_plain(consumed)} {line['uom']} consumed, BOM needs "
                     f"{_plain(low)}..{_plain(high)}"
                 )
-    if spec.get("reports_output"):
-        produced = await session.execute(
-            select(func.count())
-            .select_from(MaterialTransaction)
-            .where(
-                MaterialTransaction.execution_id == ex.id,
-                MaterialTransaction.kind == TransactionKind.produced,
-            )
-        )
-        if produced.scalar_one() == 0:
-            problems.append("no output reported")
+    if spec.get("reports_output") and ("output", "") not in done:
+        problems.append("no output reported")
     return problems
+
+
+async def _execution_facts(session: AsyncSession, execution_id: uuid.UUID) -> set[tuple[str, str]]:
+    """What an execution has, in one statement: ("parameter", name) for each parameter with a
+    value, ("check", name) for each check done, and ("output", "") once output is reported."""
+    parts = (
+        select(literal("parameter"), col(ParameterValue.name)).where(
+            ParameterValue.execution_id == execution_id
+        ),
+        select(literal("check"), col(CheckResult.name)).where(
+            CheckResult.execution_id == execution_id
+        ),
+        select(literal("output"), literal("")).where(
+            MaterialTransaction.execution_id == execution_id,
+            MaterialTransaction.kind == TransactionKind.produced,
+        ),
+    )
+    return {(kind, name) for kind, name in await session.execute(union(*parts))}
 
 
 async def complete(
@@ -880,10 +910,16 @@ async def _sign(
 
 
 async def _signable(session: AsyncSession, ident: str) -> tuple[int, dict[str, Any]] | None:
-    try:
-        op, order = await get(session, ident)
-    except NotFound:
-        return None
+    op_id = parse_uuid(ident)
+    op = held(session, Operation, op_id) if op_id is not None else None
+    if op is not None:  # just signed in this session: no need to read it again
+        order = await session.get(WorkOrder, op.work_order_id)
+        assert order is not None  # foreign key
+    else:
+        try:
+            op, order = await get(session, ident)
+        except NotFound:
+            return None
     if op.execution_id is None:
         return None
     ex = await execution_of(session, op)

@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.util import identity_key
 from sqlmodel import col, select
 
 from mes.audit import service as audit
 from mes.audit.rules import to_jsonable
 from mes.context import AppContext
+from mes.db import held
 from mes.equipment import service as equipment_service
 from mes.errors import Conflict, Forbidden, InvalidInput, InvalidTransition, NotFound
 from mes.ids import parse_uuid
@@ -125,16 +125,15 @@ async def operations_public(
     )
     # Executions this session already holds (the one an action just worked on) are not read
     # again.
-    loaded = session.sync_session.identity_map
     executions: dict[uuid.UUID, OperationExecution] = {}
     missing: list[uuid.UUID] = []
     for op, _ in pairs:
         if op.execution_id is not None:
-            held = loaded.get(identity_key(OperationExecution, op.execution_id))
-            if held is None:
+            ex = held(session, OperationExecution, op.execution_id)
+            if ex is None:
                 missing.append(op.execution_id)
             else:
-                executions[op.execution_id] = held
+                executions[op.execution_id] = ex
     if missing:
         rows = await session.execute(
             select(OperationExecution).where(col(OperationExecution.id).in_(missing))
