@@ -25,7 +25,7 @@ from mes.http import (
 )
 from mes.identity.deps import ANY_HUMAN, Allow
 from mes.lot import service as lots
-from mes.models import DeviationStatus, Role, WorkMasterStatus, WorkOrderStatus
+from mes.models import DeviationStatus, Role, WorkMasterStatus, WorkOrder, WorkOrderStatus
 from mes.principal import Principal
 from mes.routes import API_PREFIX
 from mes.signature import service as signatures
@@ -325,8 +325,9 @@ async def get_work_order(
     return await orders.public(session, order)
 
 
-async def _order_answer(session: SessionDep, number: str, response: Response) -> WorkOrderPublic:
-    order = await orders.get(session, number)
+async def _order_answer(
+    session: SessionDep, order: WorkOrder, response: Response
+) -> WorkOrderPublic:
     response.headers["ETag"] = etag(order.version)
     return await orders.public(session, order)
 
@@ -342,8 +343,8 @@ async def release_work_order(
     response: Response,
 ) -> WorkOrderPublic:
     """draft -> released: the first operation becomes ready at its work center."""
-    await orders.release(ctx, session, principal, number, version, body.reason)
-    return await _order_answer(session, number, response)
+    order = await orders.release(ctx, session, principal, number, version, body.reason)
+    return await _order_answer(session, order, response)
 
 
 @router.post("/work-orders/{number}/cancel", response_model=WorkOrderPublic, tags=["work orders"])
@@ -357,8 +358,8 @@ async def cancel_work_order(
     response: Response,
 ) -> WorkOrderPublic:
     """draft/released -> cancelled while nothing has been executed."""
-    await orders.cancel(ctx, session, principal, number, version, body.reason)
-    return await _order_answer(session, number, response)
+    order = await orders.cancel(ctx, session, principal, number, version, body.reason)
+    return await _order_answer(session, order, response)
 
 
 @router.post("/work-orders/{number}/hold", response_model=WorkOrderPublic, tags=["work orders"])
@@ -372,8 +373,8 @@ async def hold_work_order(
     response: Response,
 ) -> WorkOrderPublic:
     """in_progress -> held: nothing starts or records until QA resumes it."""
-    await orders.hold(ctx, session, principal, number, version, body.reason)
-    return await _order_answer(session, number, response)
+    order = await orders.hold(ctx, session, principal, number, version, body.reason)
+    return await _order_answer(session, order, response)
 
 
 @router.post("/work-orders/{number}/resume", response_model=WorkOrderSigned, tags=["work orders"])
@@ -387,9 +388,9 @@ async def resume_work_order(
     response: Response,
 ) -> WorkOrderSigned:
     """held -> in_progress with QA's e-signature, once every deviation is dispositioned."""
-    _, esig = await orders.resume(ctx, session, principal, number, version, body)
+    order, esig = await orders.resume(ctx, session, principal, number, version, body)
     return WorkOrderSigned(
-        work_order=await _order_answer(session, number, response),
+        work_order=await _order_answer(session, order, response),
         signature=await signatures.public(session, esig),
     )
 
@@ -405,8 +406,8 @@ async def complete_work_order(
     response: Response,
 ) -> WorkOrderPublic:
     """in_progress -> completed when every operation is done (and verified where required)."""
-    await orders.complete(ctx, session, principal, number, version, body.reason)
-    return await _order_answer(session, number, response)
+    order = await orders.complete(ctx, session, principal, number, version, body.reason)
+    return await _order_answer(session, order, response)
 
 
 @router.post("/work-orders/{number}/close", response_model=WorkOrderSigned, tags=["work orders"])
@@ -421,9 +422,9 @@ async def close_work_order(
 ) -> WorkOrderSigned:
     """completed -> closed: QA who took no part approves the record (PR-6), quantities
     reconciled (PR-2) and deviations dispositioned."""
-    _, esig = await orders.close(ctx, session, principal, number, version, body)
+    order, esig = await orders.close(ctx, session, principal, number, version, body)
     return WorkOrderSigned(
-        work_order=await _order_answer(session, number, response),
+        work_order=await _order_answer(session, order, response),
         signature=await signatures.public(session, esig),
     )
 
