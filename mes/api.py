@@ -37,6 +37,8 @@ def install_routes(app: FastAPI) -> None:
 
     ``include_router`` would keep each router nested, and every request would then be matched
     through each level (twice); the routers already carry the full path prefix, so their
-    routes are added as they are."""
+    routes are added as they are. The route objects are shared by every application built in
+    the process, so ``app.dependency_overrides`` does not reach them: tests run the real
+    dependencies."""
     for router in ROUTERS:
         app.router.routes.extend(router.routes)

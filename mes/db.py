@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.util import identity_key
 
 T = TypeVar("T")
@@ -90,6 +90,19 @@ def _hold(session: Session, instance: object) -> None:
 # keeps them (``hold_objects``).
 event.listen(MesSession, "loaded_as_persistent", _hold)
 event.listen(MesSession, "pending_to_persistent", _hold)
+
+
+def _lock_reads_current(state: ORMExecuteState) -> None:
+    """A row read with a lock (``FOR UPDATE``) is taken as the lock finds it, even when the
+    session holds an object for it already: without this, the object keeps what an earlier,
+    unlocked read saw (a failure counter, a status) and the locked read would only lock.
+    Changes not yet flushed are written first, so that the refresh does not drop them."""
+    if state.is_select and getattr(state.statement, "_for_update_arg", None) is not None:
+        state.session.flush()
+        state.update_execution_options(populate_existing=True)
+
+
+event.listen(MesSession, "do_orm_execute", _lock_reads_current)
 
 
 def hold_objects(session: AsyncSession) -> None:

@@ -104,8 +104,18 @@ async def public(session: AsyncSession, op: Operation, order: WorkOrder) -> Any:
     return (await orders.operations_public(session, [(op, order)]))[0]
 
 
-async def execution_of(session: AsyncSession, op: Operation) -> OperationExecution:
-    ex = await session.get(OperationExecution, op.execution_id) if op.execution_id else None
+async def execution_of(
+    session: AsyncSession, op: Operation, *, current: bool = False
+) -> OperationExecution:
+    """The operation's execution. ``get`` reads it along with the operation, but a locked
+    ``get`` that waited for the lock returns the locked rows as they are now and the execution
+    as it was before the wait (PostgreSQL, READ COMMITTED): its id and the unit and start never
+    change once set, the rest (pauses, performer, verifier) is read again with ``current``."""
+    ex = (
+        await session.get(OperationExecution, op.execution_id, populate_existing=current)
+        if op.execution_id
+        else None
+    )
     if ex is None:  # pragma: no cover - running operations always have one
         raise InvalidTransition(f"operation {op.seq} has not started")
     return ex
@@ -167,7 +177,7 @@ async def _eligible_unit(
         stmt = stmt.with_for_update()
     unit = (await session.execute(stmt)).scalar_one_or_none()
     if unit is None:
-        eligible = [u.code for u in await eligible_units(session, order, op)]
+        eligible = sorted(u.code for u in await eligible_units(session, order, op))
         raise Conflict(
             f"{code} may not run operation {op.seq} ({op.name}); eligible: "
             + (", ".join(eligible) or "none"),
@@ -362,7 +372,7 @@ async def pause(
 ) -> tuple[Operation, WorkOrder]:
     op, order = await locked(session, ident, expected_version)
     await orders.set_operation_status(ctx, session, principal, op, order, "pause", reason)
-    ex = await execution_of(session, op)
+    ex = await execution_of(session, op, current=True)
     ex.paused_at = ctx.clock.now()
     session.add(ex)
     return op, order
@@ -378,7 +388,7 @@ async def resume(
     op, order = await locked(session, ident, expected_version)
     _check_order_active(order)
     await orders.set_operation_status(ctx, session, principal, op, order, "resume", "resumed")
-    ex = await execution_of(session, op)
+    ex = await execution_of(session, op, current=True)
     now = ctx.clock.now()
     if ex.paused_at is not None:
         ex.paused_min += Decimal((now - ex.paused_at).total_seconds()) / Decimal(60)
@@ -406,7 +416,7 @@ async def release_hold(
             + ", ".join(d.number for d in open_devs),
             rule="PROC-2",
         )
-    ex = await execution_of(session, op)
+    ex = await execution_of(session, op, current=True)
     esig = await _sign(
         ctx, session, principal, op, order, ex, "running", signature, SignatureMeaning.approved
     )
@@ -849,7 +859,7 @@ async def verify(
             current_status=str(op.status),
         )
     await orders.require_operation_action(session, principal, op, order, "verify")
-    ex = await execution_of(session, op)
+    ex = await execution_of(session, op, current=True)
     if principal.username in (ex.performer, ex.started_by):
         raise Forbidden("the verifier must be a different person from the performer", rule="AC-2")
     esig = await _sign(

@@ -1,12 +1,13 @@
 """Session factory behaviour the services rely on: a request's session keeps what it loaded
-(``hold_objects``), so a second lookup of the same row is answered without a statement."""
+(``hold_objects``), so a second lookup of the same row is answered without a statement; a
+locked read still returns the row as the lock finds it."""
 
 from __future__ import annotations
 
 import gc
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlmodel import select
 
 from mes.context import AppContext
@@ -55,3 +56,41 @@ async def test_a_session_that_does_not_hold_lets_unreferenced_objects_go(ctx: Ap
         await session.execute(select(AppUser).where(AppUser.id == user_id))
         gc.collect()
         assert held(session, AppUser, user_id) is None
+
+
+async def test_a_locked_read_of_a_held_row_sees_its_current_values(ctx: AppContext) -> None:
+    """AC-5: the failure counter an e-signature locks and increments is the stored one, not
+    what the request's authentication read earlier (another request may have counted a
+    failure since). The change is made behind the ORM's back, as another transaction's would
+    be."""
+    user_id = await _user_id(ctx)
+    async with ctx.db.sessionmaker() as session:
+        hold_objects(session)
+        user = await session.get(AppUser, user_id)
+        assert user is not None
+        assert user.failed_attempts == 0
+        connection = await session.connection()
+        await connection.execute(
+            text("UPDATE app_user SET failed_attempts = 2 WHERE id = :id"),
+            {"id": user_id.hex if ctx.db.dialect == "sqlite" else user_id},
+        )
+        unlocked = await session.get(AppUser, user_id)
+        assert unlocked is user
+        assert user.failed_attempts == 0  # the identity map answers an unlocked lookup
+        locked = await session.get(AppUser, user_id, with_for_update=True)
+        assert locked is user
+        assert user.failed_attempts == 2
+
+
+async def test_a_locked_read_keeps_changes_not_yet_flushed(ctx: AppContext) -> None:
+    user_id = await _user_id(ctx)
+    async with ctx.db.sessionmaker() as session:
+        hold_objects(session)
+        user = await session.get(AppUser, user_id)
+        assert user is not None
+        user.full_name = "Renamed Person"
+        session.add(user)
+        await session.execute(select(AppUser).where(AppUser.id == user_id).with_for_update())
+        assert user.full_name == "Renamed Person"
+        stored = await session.execute(select(AppUser.full_name).where(AppUser.id == user_id))
+        assert stored.scalar_one() == "Renamed Person"

@@ -6,12 +6,16 @@ paused time (PR-1)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
+from sqlalchemy import text
 from sqlmodel import select
 
+from mes.db import held, hold_objects
 from mes.models import (
     AuditEntry,
     CheckResult,
@@ -19,9 +23,12 @@ from mes.models import (
     ESignature,
     GenealogyEdge,
     MaterialTransaction,
+    OperationExecution,
     ParameterValue,
     ScanEvent,
 )
+from mes.work import execution
+from tests.conftest import BACKEND
 from tests.mes.work.conftest import (
     Json,
     Shop,
@@ -884,3 +891,56 @@ async def test_pause_needs_a_reason(shop: Shop) -> None:
     """AT-3: a status change carries a reason."""
     await running_mini(shop)
     await shop.act_problem(MINI, 10, "pause", body={}, if_match=True, status=422)
+
+
+@pytest.mark.skipif(BACKEND != "postgresql", reason="SQLite runs one writer at a time")
+async def test_an_action_that_waited_for_the_lock_reads_the_execution_as_committed(
+    shop: Shop,
+) -> None:
+    """A locked read of an operation that had to wait for another transaction gets the
+    operation as that transaction left it but the execution read along with it as it was
+    before the wait (PostgreSQL, READ COMMITTED): what may have changed (pauses, performer,
+    verifier) is read again (``execution_of(current=True)``)."""
+    await running_mini(shop)
+    ident = str((await shop.op(MINI, 10))["id"])
+    sm = shop.ctx.db.sessionmaker
+    async with sm() as first, sm() as second:
+        hold_objects(first)
+        hold_objects(second)
+        await first.begin()
+        op, _ = await execution.get(first, ident, lock=True)
+        ex = await execution.execution_of(first, op)
+        ex.paused_at = datetime.now(UTC)
+        op.version += 1
+        first.add_all([ex, op])
+        await first.flush()
+        await second.begin()
+        waiting = asyncio.create_task(execution.get(second, ident, lock=True))
+        await _until_waiting_for_a_lock(shop)
+        await first.commit()
+        op2, _ = await waiting
+        assert op2.version == op.version  # the locked row, as committed
+        joined = held(second, OperationExecution, ex.id)
+        assert joined is not None
+        assert joined.paused_at is None  # read before the wait
+        current = await execution.execution_of(second, op2, current=True)
+        assert current is joined
+        assert current.paused_at is not None
+        await second.rollback()
+
+
+async def _until_waiting_for_a_lock(shop: Shop) -> None:
+    """Until a backend of this database waits for a lock (at most 10 s)."""
+    async with shop.ctx.db.sessionmaker() as probe:
+        for _ in range(200):
+            found = await probe.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+            )
+            if found.scalar_one():
+                return
+            await probe.rollback()
+            await asyncio.sleep(0.05)
+    raise AssertionError("no transaction waited for the lock")
