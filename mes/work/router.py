@@ -31,10 +31,12 @@ from mes.routes import API_PREFIX
 from mes.signature import service as signatures
 from mes.signature.schemas import SignatureInput, SignaturePublic
 from mes.work import (
+    completion,
     deviations,
     dispatch,
     execution,
     masters,
+    materials,
     orders,
     qualifications,
     recording,
@@ -559,7 +561,7 @@ async def consume_material(
     """Consume a lot by its scan (or typed, with a reason) against the operation's BOM:
     409 ID-1 for a wrong material or an unusable lot, 409 TR-1 beyond the BOM tolerance,
     409 TR-4 beyond what the lot holds."""
-    op, order, tx, lot = await execution.consume(ctx, session, principal, ident, body)
+    op, order, tx, lot = await materials.consume(ctx, session, principal, ident, body)
     m_code = (await lots.material_of(session, lot)).code
     return ConsumeResult(
         operation=await _op_answer(session, op, order, response),
@@ -603,7 +605,7 @@ async def report_output(
     response: Response,
 ) -> OutputResult:
     """Report good output (the produced lot in quarantine, with serials), scrap and samples."""
-    op, order, lot, serials = await execution.report_output(ctx, session, principal, ident, body)
+    op, order, lot, serials = await materials.report_output(ctx, session, principal, ident, body)
     return OutputResult(
         operation=await _op_answer(session, op, order, response),
         lot_number=lot.lot_number,
@@ -625,7 +627,7 @@ async def complete_operation(
     response: Response,
 ) -> SignedOperation:
     """running -> completed with the performer's e-signature (meaning ``performed``)."""
-    op, order, esig = await execution.complete(
+    op, order, esig = await completion.complete(
         ctx, session, principal, ident, version, body.signature
     )
     return SignedOperation(
@@ -646,7 +648,7 @@ async def verify_operation(
 ) -> SignedOperation:
     """completed -> verified by a second person (meaning ``verified``; 403 AC-2 for the
     performer)."""
-    op, order, esig = await execution.verify(
+    op, order, esig = await completion.verify(
         ctx, session, principal, ident, version, body.signature
     )
     return SignedOperation(
