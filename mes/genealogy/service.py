@@ -460,7 +460,7 @@ def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
     """The recall impact of ``lot`` from the rows of ``repository.recall_stmt``. Each lot and
     shipment is made straight from the columns the database aggregated (no per-row dict)."""
     groups: list[tuple[Any, ...]] = []
-    serials: dict[tuple[str, str], int] = {}
+    serials: dict[str, dict[str, int]] = {}  # material code -> lot number -> serial count
     loads: list[str] = []
     shipments: list[Shipment] = []
     material_code = ""
@@ -480,7 +480,7 @@ def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
         if part == RecallPart.finished:
             groups.append((code, gtin, status, uom, numbers, quantities))
         elif part == RecallPart.serials:
-            serials.update(zip(zip(numbers, repeat(code), strict=False), counts, strict=True))
+            serials.setdefault(code, {}).update(zip(numbers, counts, strict=True))
         elif part == RecallPart.load:
             loads = sorted(load_nos or ())
         elif part == RecallPart.shipment:
@@ -499,7 +499,8 @@ def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
     # In material order, so that the stable sort by lot number below breaks its ties (one
     # number in two materials) by material.
     for code, gtin, status, uom, numbers, quantities in sorted(groups, key=itemgetter(0)):
-        counts = (serials.get((n, code), 0) for n in numbers) if serials else repeat(0)
+        of_code = serials.get(code)
+        counts = map(of_code.get, numbers, repeat(0)) if of_code else repeat(0)
         finished += map(
             ImpactedLot,
             numbers,
@@ -517,7 +518,7 @@ def _recall(rows: Iterable[Any], lot: Lot) -> RecallImpact:
         material_code=material_code,
         finished_lots=finished,
         finished_lot_count=len(finished),
-        serial_count=sum(serials.values()),
+        serial_count=sum(sum(of_code.values()) for of_code in serials.values()),
         loads=loads,
         shipments=shipments,
     )
