@@ -16,6 +16,8 @@ statements that call runs, executed bare:
 same state: no ORM session, no result processing, no models. Both clocks start after the
 session has its connection and transaction, so the ratio is what the service layer adds.
 The recall's answer from ``lot_reach`` is also checked against a recursive walk of the edges.
+The machine's speed at the time is printed too (CPU time of one Argon2id verify, as
+``bench/shopfloor.py`` prints it): on a shared host it varies from hour to hour.
 
 Targets (PostgreSQL): backward trace p95 < 10 ms, recall impact < 1 s, overhead ratio < 2x.
 
@@ -67,6 +69,7 @@ from mes.db import create_engine, create_sessionmaker, sqlite_file
 from mes.genealogy import repository as repo
 from mes.genealogy.repository import LOT, MATERIAL, Direction
 from mes.genealogy.service import MAX_DEPTH, recall_impact, trace
+from mes.identity.passwords import STANDARD
 from mes.material.rules import gtin_check_digit
 from mes.migrate import current_revision, upgrade
 from mes.models import Lot
@@ -76,6 +79,7 @@ BENCH_DB = "mes_bench_genealogy"
 REACH_PK = "pk_lot_reach"
 CHUNK = 200_000  # rows buffered (all tables together) before a COPY round
 
+SPEED_PASSWORD = "machine-speed-yardstick"
 TARGET_BACKWARD_P95_MS = 10.0
 TARGET_RECALL_MS = 1000.0
 TARGET_RATIO = 2.0
@@ -1118,6 +1122,19 @@ async def profile_call(sm: async_sessionmaker[AsyncSession], subject: Subject, l
 # --- main --------------------------------------------------------------------------------------
 
 
+def host_speed_ms() -> float:
+    """A yardstick of the machine's speed at the time of the run, which varies from hour to
+    hour on shared hosts: CPU milliseconds of one Argon2id verify of the standard profile
+    (median of five; ``bench/shopfloor.py`` prints the same figure)."""
+    hashed = STANDARD.hash(SPEED_PASSWORD)
+    cpus = []
+    for _ in range(5):
+        start = time.process_time()
+        STANDARD.verify(SPEED_PASSWORD, hashed)
+        cpus.append(time.process_time() - start)
+    return sorted(cpus)[2] * 1000
+
+
 async def run(args: argparse.Namespace) -> int:
     target = await prepare_target(args)
     engine = create_engine(target.url)
@@ -1196,6 +1213,7 @@ async def measure(
     backward = trace_subject("backward trace, pack lot, full depth", Direction.backward)
     forward = trace_subject("forward trace, raw monomer lot", Direction.forward)
     recall = recall_subject(f"recall impact, silo {RECALL_SILO}")
+    print(f"machine speed: {host_speed_ms():.1f} ms of CPU per Argon2id verify (standard profile)")
     t0 = time.perf_counter()
     results = [
         await measure_pair(sm, backward, packs, warmup),
