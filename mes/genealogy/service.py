@@ -191,10 +191,7 @@ async def produce(
             raise InvalidInput(f"lot {lot.lot_number} is listed twice", field=f"inputs[{i}]")
         inputs.append((lot, ref.quantity, ref.uom))
     now = ctx.clock.now()
-    expiry = lots.default_expiry(m, now)
-    input_expiries = [lot.expires_at for lot, _, _ in inputs if lot.expires_at is not None]
-    if input_expiries and (expiry is None or min(input_expiries) < expiry):
-        expiry = min(input_expiries)
+    expiry = lots.produced_expiry(m, now, (lot.expires_at for lot, _, _ in inputs))
     output, _ = await lots.create_lot(
         ctx,
         session,

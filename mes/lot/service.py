@@ -5,6 +5,7 @@ refused request writes nothing."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -230,6 +231,18 @@ def default_expiry(m: MaterialDefinition, basis: datetime | None) -> datetime | 
     if basis is None or m.shelf_life_days is None:
         return None
     return basis + timedelta(days=m.shelf_life_days)
+
+
+def produced_expiry(
+    m: MaterialDefinition, made_at: datetime, inputs: Iterable[datetime | None]
+) -> datetime | None:
+    """UDI-7: a produced lot expires at its manufacture date + shelf life, never later than
+    the earliest expiry of what went into it."""
+    expiry = default_expiry(m, made_at)
+    for expires_at in inputs:
+        if expires_at is not None and (expiry is None or expires_at < expiry):
+            expiry = expires_at
+    return expiry
 
 
 async def create_lot(

@@ -107,13 +107,7 @@ async def complete(
             rule="TR-1",
             problems=problems,
         )
-    open_devs = await deviations.open_deviations(session, order.id, op.id)
-    if open_devs:
-        raise Conflict(
-            f"operation {order.number}/{op.seq} has open deviations: "
-            + ", ".join(d.number for d in open_devs),
-            rule="PROC-2",
-        )
+    await deviations.require_none_open(session, order, op)
     now = ctx.clock.now()
     esig = await sign_operation(
         ctx, session, principal, op, order, ex, "completed", signature, SignatureMeaning.performed

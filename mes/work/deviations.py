@@ -12,7 +12,7 @@ from sqlmodel import col, select
 
 from mes.audit import service as audit
 from mes.context import AppContext
-from mes.errors import InvalidTransition, NotFound
+from mes.errors import Conflict, InvalidTransition, NotFound
 from mes.ids import parse_uuid, uuid7
 from mes.models import (
     Deviation,
@@ -94,6 +94,20 @@ async def open_deviations(
     if operation_id is not None:
         stmt = stmt.where(Deviation.operation_id == operation_id)
     return list((await session.execute(stmt.order_by(col(Deviation.number)))).scalars())
+
+
+async def require_none_open(
+    session: AsyncSession, order: WorkOrder, op: Operation | None = None, rule: str = "PROC-2"
+) -> None:
+    """409 naming the open deviations of the order (or of one of its operations), if any."""
+    found = await open_deviations(session, order.id, op.id if op is not None else None)
+    if found:
+        what = (
+            f"operation {order.number}/{op.seq}" if op is not None else f"work order {order.number}"
+        )
+        raise Conflict(
+            f"{what} has open deviations: " + ", ".join(d.number for d in found), rule=rule
+        )
 
 
 async def get(session: AsyncSession, number: str, *, lock: bool = False) -> Deviation:

@@ -388,13 +388,7 @@ async def release_hold(
     op, order = await locked(session, ident, expected_version)
     check_order_active(order)
     await orders.require_operation_action(session, principal, op, order, "release_hold")
-    open_devs = await deviations.open_deviations(session, order.id, op.id)
-    if open_devs:
-        raise Conflict(
-            f"operation {order.number}/{op.seq} has open deviations: "
-            + ", ".join(d.number for d in open_devs),
-            rule="PROC-2",
-        )
+    await deviations.require_none_open(session, order, op)
     ex = await execution_of(session, op, current=True)
     esig = await sign_operation(
         ctx, session, principal, op, order, ex, "running", signature, SignatureMeaning.approved

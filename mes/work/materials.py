@@ -273,7 +273,7 @@ async def report_output(
             execution_id=ex.id,
             entered=(data.quantity, data.uom),
             manufactured_at=now,
-            expires_at=_expiry(product, now, consumed),
+            expires_at=lots.produced_expiry(product, now, (lot.expires_at for _, lot in consumed)),
         )
         if order.is_pilot:
             lot.is_pilot = True
@@ -318,17 +318,6 @@ async def report_output(
         reason=data.reason,
     )
     return op, order, lot, len(data.serials)
-
-
-def _expiry(
-    product: MaterialDefinition, now: Any, consumed: list[tuple[MaterialTransaction, Lot]]
-) -> Any:
-    """UDI-7: manufacture date + shelf life, never later than the earliest consumed lot."""
-    expiry = lots.default_expiry(product, now)
-    for _, lot in consumed:
-        if lot.expires_at is not None and (expiry is None or lot.expires_at < expiry):
-            expiry = lot.expires_at
-    return expiry
 
 
 async def _parents(session: AsyncSession, lot: Lot) -> set[uuid.UUID]:

@@ -561,7 +561,7 @@ async def resume(
     """held -> in_progress: QA signs, once every deviation of the order is dispositioned."""
     order = await locked(session, number, expected_version)
     require_order_action(order, "resume")
-    await _no_open_deviations(session, order, "PROC-2")
+    await deviations.require_none_open(session, order, rule="PROC-2")
     esig = await _sign(ctx, session, principal, order, WorkOrderStatus.in_progress, data)
     await transition(ctx, session, principal, order, "resume", data.reason)
     return order, esig
@@ -612,7 +612,7 @@ async def close(
             "its record",
             rule="PR-6",
         )
-    await _no_open_deviations(session, order, "PR-6")
+    await deviations.require_none_open(session, order, rule="PR-6")
     wm = await session.get(WorkMaster, order.work_master_id)
     assert wm is not None  # foreign key
     problem = rules.reconciliation_problem(
@@ -688,15 +688,6 @@ async def _reconciliation_dispositioned(session: AsyncSession, order: WorkOrder)
         )
     )
     return found.first() is not None
-
-
-async def _no_open_deviations(session: AsyncSession, order: WorkOrder, rule: str) -> None:
-    found = await deviations.open_deviations(session, order.id)
-    if found:
-        raise Conflict(
-            f"work order {order.number} has open deviations: " + ", ".join(d.number for d in found),
-            rule=rule,
-        )
 
 
 async def _sign(
