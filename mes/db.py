@@ -8,12 +8,13 @@ chain cannot fork and no transaction fails late on a snapshot upgrade.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -23,11 +24,18 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.util import identity_key
+from sqlalchemy.pool import ConnectionPoolEntry
 
 T = TypeVar("T")
 
 # ``Session.info`` key of the list that keeps a request's objects alive (see ``hold_objects``).
 HELD = "mes.held"
+
+# A pooled PostgreSQL connection checked in longer ago than this is pinged before it is handed
+# out again; one used more recently is handed out as it is (see ``_check_alive``).
+PING_IDLE_AFTER_S = 1.0
+# ``ConnectionPoolEntry.info`` key: when the connection was last returned to the pool.
+LAST_CHECKIN = "mes.last_checkin"
 
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -66,12 +74,41 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("postgresql"):
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 10)
-        kwargs.setdefault("pool_pre_ping", True)
         # Short OLTP statements: JIT compilation costs more than it saves (it was measured
         # taking most of a genealogy trace's time).
         kwargs.setdefault("connect_args", {"server_settings": {"jit": "off"}})
-        return create_async_engine(url, **kwargs)
+        engine = create_async_engine(url, **kwargs)
+        if not kwargs.get("pool_pre_ping"):
+            _check_alive_when_idle(engine)
+        return engine
     raise ValueError(f"unsupported database URL scheme: {url.split(':', 1)[0]!r}")
+
+
+def _check_alive_when_idle(engine: AsyncEngine) -> None:
+    """Hand out a pooled connection that sat idle for over ``PING_IDLE_AFTER_S`` only after a
+    ping, and replace it when the ping fails (a restarted server, a dropped TCP session).
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout, which with asyncpg is three round
+    trips (BEGIN, an empty query, ROLLBACK) before every request's own BEGIN. A connection
+    returned to the pool a moment ago is almost certainly alive; if it is not, the request
+    fails on its first statement as it would on a drop mid-request, and SQLAlchemy then
+    invalidates the whole pool, so the connections that follow are new."""
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[LAST_CHECKIN] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _check_alive(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        returned = record.info.get(LAST_CHECKIN)
+        if returned is None or time.monotonic() - returned <= PING_IDLE_AFTER_S:
+            return  # a new connection, or one in use a moment ago
+        try:
+            sync_engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # any failure means: do not use it
+            # The pool discards this connection and checks out another (or a new one).
+            raise exc.DisconnectionError(f"idle connection failed its ping: {error}") from error
 
 
 class MesSession(Session):

@@ -1,19 +1,23 @@
 """Session factory behaviour the services rely on: a request's session keeps what it loaded
 (``hold_objects``), so a second lookup of the same row is answered without a statement; a
-locked read still returns the row as the lock finds it."""
+locked read still returns the row as the lock finds it; a pooled PostgreSQL connection that sat
+idle is pinged (and replaced if dead) before use, one returned a moment ago is not."""
 
 from __future__ import annotations
 
 import gc
 from typing import Any
 
+import pytest
 from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import select
 
+from mes import db
 from mes.context import AppContext
-from mes.db import held, hold_objects
+from mes.db import create_engine, held, hold_objects
 from mes.models import AppUser, Role
-from tests.conftest import create_user
+from tests.conftest import BACKEND, create_user, pg_admin
 
 
 async def _user_id(ctx: AppContext) -> Any:
@@ -94,3 +98,61 @@ async def test_a_locked_read_keeps_changes_not_yet_flushed(ctx: AppContext) -> N
         assert user.full_name == "Renamed Person"
         stored = await session.execute(select(AppUser.full_name).where(AppUser.id == user_id))
         assert stored.scalar_one() == "Renamed Person"
+
+
+pg_only = pytest.mark.skipif(BACKEND != "postgresql", reason="the PostgreSQL pool's liveness check")
+
+
+async def _backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+def _count_pings(engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    pings: list[int] = []
+    dialect = engine.sync_engine.dialect
+    original = dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        pings.append(1)
+        return original(dbapi_connection)
+
+    monkeypatch.setattr(dialect, "do_ping", counted)
+    return pings
+
+
+@pg_only
+async def test_a_connection_returned_a_moment_ago_is_handed_out_without_a_ping(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        pings = _count_pings(engine, monkeypatch)
+        first = await _backend_pid(engine)
+        assert [await _backend_pid(engine) for _ in range(5)] == [first] * 5
+        assert pings == []
+        # Idle past the window: pinged, and still the same live connection.
+        monkeypatch.setattr(db, "PING_IDLE_AFTER_S", 0.0)
+        assert await _backend_pid(engine) == first
+        assert pings == [1]
+    finally:
+        await engine.dispose()
+
+
+@pg_only
+async def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restart or a dropped TCP session while the connection sat in the pool: the
+    next request gets a new connection instead of an error."""
+    engine = create_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        dropped = await _backend_pid(engine)
+        await pg_admin(f"SELECT pg_terminate_backend({dropped})")
+        monkeypatch.setattr(db, "PING_IDLE_AFTER_S", 0.0)
+        replacement = await _backend_pid(engine)
+        assert replacement != dropped
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar_one() == 1
+    finally:
+        await engine.dispose()
