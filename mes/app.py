@@ -67,13 +67,14 @@ def create_app(
     install_routes(app)
     check_route_permissions(app)
     install_openapi(app)
-    app.add_middleware(
-        CORSMiddleware,
-        allow_origins=[],
-        allow_methods=["GET", "POST", "PATCH"],
-        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],
-        expose_headers=["ETag", "Location", "Idempotent-Replayed"],
-    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PATCH"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key"],
+            expose_headers=["ETag", "Location", "Idempotent-Replayed"],
+        )
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes)
     return app
 

@@ -101,6 +101,10 @@ class MesSettings(BaseSettings):
     # center).
     pilot_sites: tuple[str, ...] = ("RDC",)
 
+    # Web origins other than the MES's own allowed to call the API from a browser (a planning
+    # tool on another host). Empty: same-origin only, and no CORS handling at all.
+    cors_origins: tuple[str, ...] = ()
+
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     idempotency_ttl: timedelta = timedelta(hours=24)
 

@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
+from fastapi import FastAPI
 from sqlmodel import func, select
 
+from mes.app import create_app
 from mes.context import AppContext
 from mes.models import AuditEntry, EquipmentClass
-from tests.conftest import Actors
+from tests.conftest import Actors, make_settings
 
 
 def _class(code: str, name: str = "Reactor") -> dict[str, str]:
@@ -279,3 +282,40 @@ async def test_nul_characters_are_refused_everywhere(
     login = await client.post("/api/v1/auth/token", data={"username": "qa\x00", "password": "x"})
     assert login.status_code == 422
     assert login.json()["field"] == "username"
+
+
+async def _preflight(app: FastAPI, origin: str) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://mes.test") as c:
+        return await c.options(
+            "/api/v1/work-orders",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "Authorization, Idempotency-Key",
+            },
+        )
+
+
+async def test_a_browser_on_another_origin_is_refused_unless_configured(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Same-origin by default (no CORS headers at all); an origin in ``cors_origins`` may
+    call the API from a browser, with the headers the API's conventions need."""
+    planner = "https://planning.example"
+    for origins in ((planner,), ()):
+        context = AppContext.build(make_settings(database_url, tmp_path, cors_origins=origins))
+        try:
+            app = create_app(context=context, migrate=False)
+            answer = await _preflight(app, planner)
+            if not origins:
+                assert "access-control-allow-origin" not in answer.headers
+                continue
+            assert answer.status_code == 200
+            assert answer.headers["access-control-allow-origin"] == planner
+            assert "Idempotency-Key" in answer.headers["access-control-allow-headers"]
+            refused = await _preflight(app, "https://elsewhere.example")
+            assert refused.status_code == 400
+            assert "access-control-allow-origin" not in refused.headers
+        finally:
+            await context.close()
