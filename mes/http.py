@@ -16,6 +16,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, delete, select
@@ -297,6 +298,13 @@ def _fingerprint(method: str, path: str, body: BaseModel | None) -> str:
 CreateResult = tuple[int, Any, dict[str, str]]
 
 
+_IDEMPOTENCY_RECORD = select(IdempotencyRecord).where(
+    col(IdempotencyRecord.principal) == bindparam("principal"),
+    col(IdempotencyRecord.endpoint) == bindparam("endpoint"),
+    col(IdempotencyRecord.key) == bindparam("key"),
+)
+
+
 async def idempotent(
     *,
     request: Request,
@@ -324,11 +332,7 @@ async def idempotent(
 
     async def _existing() -> IdempotencyRecord | None:
         result = await session.execute(
-            select(IdempotencyRecord).where(
-                IdempotencyRecord.principal == principal.key,
-                IdempotencyRecord.endpoint == path,
-                IdempotencyRecord.key == key,
-            )
+            _IDEMPOTENCY_RECORD, {"principal": principal.key, "endpoint": path, "key": key}
         )
         return result.scalar_one_or_none()
 

@@ -4,15 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from functools import cache
 from typing import Any, TypeVar
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import SQLModel, col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
 from mes.errors import StaleVersion
+from mes.ids import parse_uuid
 from mes.models import VersionedRecord
 
 T = TypeVar("T")
+M = TypeVar("M", bound=SQLModel)
+
+
+@cache
+def keyed_stmt(model: type[M], column: str, lock: bool) -> SelectOfScalar[M]:
+    """``model`` rows whose ``column`` equals the bound parameter ``key`` (row-locked with
+    ``lock``). Built once per shape: constructing a statement, and the cache key SQLAlchemy
+    derives from it, costs more than running a short one."""
+    stmt = select(model).where(col(getattr(model, column)) == bindparam("key"))
+    return stmt.with_for_update() if lock else stmt
+
+
+def by_id_or_code(
+    model: type[M], code_column: str, code: str, *, lock: bool = False
+) -> tuple[SelectOfScalar[M], dict[str, Any]]:
+    """The statement and its parameters that find ``model`` rows by business code, or by id
+    (API.md: ids are also accepted where codes are)."""
+    ident = parse_uuid(code)
+    if ident is not None:
+        return keyed_stmt(model, "id", lock), {"key": ident}
+    return keyed_stmt(model, code_column, lock), {"key": code}
 
 
 def check_version(record: VersionedRecord, expected: int | None, label: str) -> None:

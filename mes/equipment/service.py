@@ -27,7 +27,6 @@ from mes.equipment.schemas import (
     QualificationApproval,
 )
 from mes.errors import AlreadyExists, InvalidInput, InvalidTransition, NotFound
-from mes.ids import parse_uuid
 from mes.models import (
     Equipment,
     EquipmentClass,
@@ -38,7 +37,7 @@ from mes.models import (
     SignatureMeaning,
 )
 from mes.principal import Principal
-from mes.records import apply_update, bump_version, check_version, fetch_page
+from mes.records import apply_update, bump_version, by_id_or_code, check_version, fetch_page
 from mes.signature import service as signatures
 
 EQUIPMENT_FIELDS = (
@@ -91,12 +90,8 @@ def usability(eq: Equipment, now: datetime) -> list[str]:
 
 async def find(session: AsyncSession, code: str, *, lock: bool = False) -> Equipment | None:
     """By business code, or by id (API.md: ids are also accepted)."""
-    ident = parse_uuid(code)
-    where = Equipment.id == ident if ident is not None else Equipment.code == code
-    stmt = select(Equipment).where(where)
-    if lock:
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    stmt, params = by_id_or_code(Equipment, "code", code, lock=lock)
+    return (await session.execute(stmt, params)).scalar_one_or_none()
 
 
 async def get(session: AsyncSession, code: str, *, lock: bool = False) -> Equipment:

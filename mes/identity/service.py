@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, delete, select
 
@@ -520,6 +521,18 @@ async def _end_sessions(
         session.add(live)
 
 
+# Built once: every request runs it, and a statement object keeps its cache key.
+_SESSION_OF_TOKEN = (
+    select(AuthSession, AppUser, RoleAssignment.role)
+    .join(AppUser, col(AppUser.id) == AuthSession.user_id)
+    .outerjoin(RoleAssignment, col(RoleAssignment.user_id) == AppUser.id)
+    .where(
+        col(AuthSession.id) == bindparam("session_id"),
+        col(AuthSession.user_id) == bindparam("user_id"),
+    )
+)
+
+
 async def principal_from_token(ctx: AppContext, session: AsyncSession, token: str) -> Principal:
     """Resolve a bearer token to its live session and user, or 401 (S4, AC-6). Session, user
     and roles come in one statement: every request pays for it."""
@@ -529,10 +542,7 @@ async def principal_from_token(ctx: AppContext, session: AsyncSession, token: st
         raise NotAuthenticated("invalid or expired access token") from None
     rows = (
         await session.execute(
-            select(AuthSession, AppUser, RoleAssignment.role)
-            .join(AppUser, col(AppUser.id) == AuthSession.user_id)
-            .outerjoin(RoleAssignment, col(RoleAssignment.user_id) == AppUser.id)
-            .where(AuthSession.id == claims.session_id, AuthSession.user_id == claims.user_id)
+            _SESSION_OF_TOKEN, {"session_id": claims.session_id, "user_id": claims.user_id}
         )
     ).all()
     if not rows:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -45,7 +46,7 @@ from mes.models import (
 )
 from mes.models.lot import LotReach
 from mes.principal import Principal
-from mes.records import bump_version, check_version, fetch_page
+from mes.records import bump_version, by_id_or_code, check_version, fetch_page
 from mes.signature import service as signatures
 from mes.signature.schemas import SignatureInput
 
@@ -70,9 +71,8 @@ LOT_FIELDS = (
 
 
 async def find_lots(session: AsyncSession, lot_number: str) -> list[Lot]:
-    ident = parse_uuid(lot_number)
-    where = Lot.id == ident if ident is not None else Lot.lot_number == lot_number
-    return list((await session.execute(select(Lot).where(where))).scalars())
+    stmt, params = by_id_or_code(Lot, "lot_number", lot_number)
+    return list((await session.execute(stmt, params)).scalars())
 
 
 async def get_lot(
@@ -216,10 +216,13 @@ async def active_materials(
     return {code: _require_active(found.get(code), code, field) for code in codes}
 
 
+_LOT_ID = select(Lot.id).where(
+    col(Lot.material_id) == bindparam("material_id"), col(Lot.lot_number) == bindparam("lot_number")
+)
+
+
 async def _check_new_lot_number(session: AsyncSession, m: MaterialDefinition, number: str) -> None:
-    exists = await session.execute(
-        select(Lot.id).where(Lot.material_id == m.id, Lot.lot_number == number)
-    )
+    exists = await session.execute(_LOT_ID, {"material_id": m.id, "lot_number": number})
     if exists.first() is not None:
         raise AlreadyExists(
             f"lot {number!r} of material {m.code} already exists", field="lot_number"

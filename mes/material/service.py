@@ -10,11 +10,10 @@ from sqlmodel import col, select
 from mes.audit import service as audit
 from mes.context import AppContext
 from mes.errors import AlreadyExists, InvalidInput, NotFound
-from mes.ids import parse_uuid
 from mes.material.schemas import MaterialCreate, MaterialPublic, MaterialUpdate
 from mes.models import MaterialDefinition, MaterialKind
 from mes.principal import Principal
-from mes.records import apply_update, check_version, fetch_page
+from mes.records import apply_update, by_id_or_code, check_version, fetch_page
 
 FIELDS = (
     "code",
@@ -36,12 +35,8 @@ async def find(
     session: AsyncSession, code: str, *, lock: bool = False
 ) -> MaterialDefinition | None:
     """By business code, or by id (API.md: ids are also accepted)."""
-    ident = parse_uuid(code)
-    where = MaterialDefinition.id == ident if ident is not None else MaterialDefinition.code == code
-    stmt = select(MaterialDefinition).where(where)
-    if lock:
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    stmt, params = by_id_or_code(MaterialDefinition, "code", code, lock=lock)
+    return (await session.execute(stmt, params)).scalar_one_or_none()
 
 
 async def get(session: AsyncSession, code: str, *, lock: bool = False) -> MaterialDefinition:

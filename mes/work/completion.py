@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import literal, union
+from sqlalchemy import bindparam, literal, union
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -68,22 +68,26 @@ async def _completion_problems(
     return problems
 
 
+_FACTS = union(
+    select(literal("parameter"), col(ParameterValue.name)).where(
+        col(ParameterValue.execution_id) == bindparam("execution_id")
+    ),
+    select(literal("check"), col(CheckResult.name)).where(
+        col(CheckResult.execution_id) == bindparam("execution_id")
+    ),
+    select(literal("output"), literal("")).where(
+        col(MaterialTransaction.execution_id) == bindparam("execution_id"),
+        MaterialTransaction.kind == TransactionKind.produced,
+    ),
+)
+
+
 async def _execution_facts(session: AsyncSession, execution_id: uuid.UUID) -> set[tuple[str, str]]:
     """What an execution has, in one statement: ("parameter", name) for each parameter with a
     value, ("check", name) for each check done, and ("output", "") once output is reported."""
-    parts = (
-        select(literal("parameter"), col(ParameterValue.name)).where(
-            ParameterValue.execution_id == execution_id
-        ),
-        select(literal("check"), col(CheckResult.name)).where(
-            CheckResult.execution_id == execution_id
-        ),
-        select(literal("output"), literal("")).where(
-            MaterialTransaction.execution_id == execution_id,
-            MaterialTransaction.kind == TransactionKind.produced,
-        ),
-    )
-    return {(kind, name) for kind, name in await session.execute(union(*parts))}
+    return {
+        (kind, name) for kind, name in await session.execute(_FACTS, {"execution_id": execution_id})
+    }
 
 
 async def complete(

@@ -7,13 +7,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from mes.audit import service as audit
 from mes.context import AppContext
 from mes.errors import Conflict, InvalidTransition, NotFound
-from mes.ids import parse_uuid, uuid7
+from mes.ids import uuid7
 from mes.models import (
     Deviation,
     DeviationStatus,
@@ -23,7 +24,7 @@ from mes.models import (
     WorkOrder,
 )
 from mes.principal import Principal
-from mes.records import bump_version, check_version, fetch_page
+from mes.records import bump_version, by_id_or_code, check_version, fetch_page
 from mes.signature import service as signatures
 from mes.work.schemas import DeviationClose, DeviationPublic
 
@@ -85,15 +86,25 @@ async def open_deviation(
     return dev
 
 
+_OPEN = select(Deviation).where(
+    col(Deviation.work_order_id) == bindparam("order_id"), Deviation.status == DeviationStatus.open
+)
+_OPEN_OF_ORDER = _OPEN.order_by(col(Deviation.number))
+_OPEN_OF_OPERATION = _OPEN.where(col(Deviation.operation_id) == bindparam("operation_id")).order_by(
+    col(Deviation.number)
+)
+
+
 async def open_deviations(
     session: AsyncSession, work_order_id: uuid.UUID, operation_id: uuid.UUID | None = None
 ) -> list[Deviation]:
-    stmt = select(Deviation).where(
-        Deviation.work_order_id == work_order_id, Deviation.status == DeviationStatus.open
-    )
-    if operation_id is not None:
-        stmt = stmt.where(Deviation.operation_id == operation_id)
-    return list((await session.execute(stmt.order_by(col(Deviation.number)))).scalars())
+    if operation_id is None:
+        rows = await session.execute(_OPEN_OF_ORDER, {"order_id": work_order_id})
+    else:
+        rows = await session.execute(
+            _OPEN_OF_OPERATION, {"order_id": work_order_id, "operation_id": operation_id}
+        )
+    return list(rows.scalars())
 
 
 async def require_none_open(
@@ -111,13 +122,8 @@ async def require_none_open(
 
 
 async def get(session: AsyncSession, number: str, *, lock: bool = False) -> Deviation:
-    ident = parse_uuid(number)
-    stmt = select(Deviation).where(
-        Deviation.id == ident if ident is not None else Deviation.number == number
-    )
-    if lock:
-        stmt = stmt.with_for_update()
-    found = (await session.execute(stmt)).scalar_one_or_none()
+    stmt, params = by_id_or_code(Deviation, "number", number, lock=lock)
+    found = (await session.execute(stmt, params)).scalar_one_or_none()
     if found is None:
         raise NotFound(f"deviation {number!r} does not exist")
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -13,29 +14,31 @@ from mes.principal import Principal
 from mes.records import bump_version
 from mes.work.execution import ACTIVE_ORDER
 
+_QUEUE = (
+    select(Operation, WorkOrder)
+    .join(WorkOrder, col(WorkOrder.id) == Operation.work_order_id)
+    .where(
+        col(Operation.work_center_id) == bindparam("work_center_id"),
+        Operation.status == OperationStatus.ready,
+        col(WorkOrder.status).in_(sorted(s.value for s in ACTIVE_ORDER)),
+    )
+    .order_by(
+        col(Operation.planned_start).is_(None),
+        col(Operation.planned_start),
+        col(WorkOrder.priority),
+        col(WorkOrder.due_at).is_(None),
+        col(WorkOrder.due_at),
+        col(WorkOrder.number),
+        col(Operation.seq),
+    )
+)
+
 
 async def queue(session: AsyncSession, work_center_code: str) -> list[tuple[Operation, WorkOrder]]:
     """Ready operations of a work center: by planned start, then priority, then due date."""
     wc = await equipment.get(session, work_center_code)
-    stmt = (
-        select(Operation, WorkOrder)
-        .join(WorkOrder, col(WorkOrder.id) == Operation.work_order_id)
-        .where(
-            Operation.work_center_id == wc.id,
-            Operation.status == OperationStatus.ready,
-            col(WorkOrder.status).in_([s.value for s in ACTIVE_ORDER]),
-        )
-        .order_by(
-            col(Operation.planned_start).is_(None),
-            col(Operation.planned_start),
-            col(WorkOrder.priority),
-            col(WorkOrder.due_at).is_(None),
-            col(WorkOrder.due_at),
-            col(WorkOrder.number),
-            col(Operation.seq),
-        )
-    )
-    return [(op, order) for op, order in (await session.execute(stmt)).all()]
+    rows = await session.execute(_QUEUE, {"work_center_id": wc.id})
+    return [(op, order) for op, order in rows.all()]
 
 
 async def mark_for_reschedule(

@@ -6,8 +6,10 @@ operation. Consumption and output are in ``materials``, completion and verificat
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
@@ -48,6 +50,16 @@ ACTIVE_ORDER = frozenset({WorkOrderStatus.released, WorkOrderStatus.in_progress}
 # --- lookups -------------------------------------------------------------------------------
 
 
+# Every action on an operation starts here; built once (a statement object keeps its cache key).
+_OPERATION = (
+    select(Operation, WorkOrder, OperationExecution)
+    .join(WorkOrder, col(WorkOrder.id) == Operation.work_order_id)
+    .outerjoin(OperationExecution, col(OperationExecution.id) == Operation.execution_id)
+    .where(col(Operation.id) == bindparam("op_id"))
+)
+_OPERATION_LOCKED = _OPERATION.with_for_update(of=[Operation, WorkOrder])
+
+
 async def get(
     session: AsyncSession, ident: str, *, lock: bool = False
 ) -> tuple[Operation, WorkOrder]:
@@ -56,15 +68,8 @@ async def get(
     op_id = parse_uuid(ident)
     if op_id is None:
         raise NotFound(f"operation {ident!r} does not exist; operations are addressed by id")
-    stmt = (
-        select(Operation, WorkOrder, OperationExecution)
-        .join(WorkOrder, col(WorkOrder.id) == Operation.work_order_id)
-        .outerjoin(OperationExecution, col(OperationExecution.id) == Operation.execution_id)
-        .where(Operation.id == op_id)
-    )
-    if lock:
-        stmt = stmt.with_for_update(of=[Operation, WorkOrder])
-    row = (await session.execute(stmt)).first()
+    stmt = _OPERATION_LOCKED if lock else _OPERATION
+    row = (await session.execute(stmt, {"op_id": op_id})).first()
     if row is None:
         raise NotFound(f"operation {ident!r} does not exist")
     return row[0], row[1]
@@ -120,24 +125,41 @@ def check_recording(op: Operation, order: WorkOrder, what: str) -> None:
         )
 
 
-async def _eligible_stmt(
+@cache
+def _units_stmt(by: str | None, one: bool, lock: bool) -> SelectOfScalar[Equipment]:
+    """Units under the work center ``work_center_id``: ``by`` "codes" (the listed ones),
+    "class" (of ``class_id``) or None (all); ``one``: only ``unit_code``, else in code order."""
+    stmt = select(Equipment).where(col(Equipment.parent_id) == bindparam("work_center_id"))
+    if by == "codes":
+        stmt = stmt.where(col(Equipment.code).in_(bindparam("codes", expanding=True)))
+    elif by == "class":
+        stmt = stmt.where(col(Equipment.equipment_class_id) == bindparam("class_id"))
+    if one:
+        stmt = stmt.where(col(Equipment.code) == bindparam("unit_code"))
+    else:
+        stmt = stmt.order_by(col(Equipment.code))
+    return stmt.with_for_update() if lock else stmt
+
+
+async def _eligible(
     session: AsyncSession, order: WorkOrder, op: Operation
-) -> SelectOfScalar[Equipment]:
+) -> tuple[str | None, dict[str, Any]]:
+    """How the operation's units are chosen (see ``_units_stmt``) and the parameters."""
     spec = orders.op_spec(order, op.seq)
-    stmt = select(Equipment).where(Equipment.parent_id == op.work_center_id)
+    params: dict[str, Any] = {"work_center_id": op.work_center_id}
     if spec.get("eligible_equipment"):
-        stmt = stmt.where(col(Equipment.code).in_(spec["eligible_equipment"]))
-    elif spec.get("equipment_class"):
+        return "codes", params | {"codes": list(spec["eligible_equipment"])}
+    if spec.get("equipment_class"):
         cls = await equipment.find_class(session, spec["equipment_class"])
-        stmt = stmt.where(Equipment.equipment_class_id == (cls.id if cls else None))
-    return stmt
+        return "class", params | {"class_id": cls.id if cls else None}
+    return None, params
 
 
 async def eligible_units(session: AsyncSession, order: WorkOrder, op: Operation) -> list[Equipment]:
     """Units that may run the operation: the listed ones, else the units of the named class
     under the work center, else every unit of the work center."""
-    stmt = await _eligible_stmt(session, order, op)
-    return list((await session.execute(stmt.order_by(col(Equipment.code)))).scalars())
+    by, params = await _eligible(session, order, op)
+    return list((await session.execute(_units_stmt(by, False, False), params)).scalars())
 
 
 async def _eligible_unit(
@@ -151,10 +173,10 @@ async def _eligible_unit(
 ) -> Equipment:
     """The unit ``code`` if it may run the operation (row-locked with ``lock``); 409 PROC-3
     naming the eligible units otherwise."""
-    stmt = (await _eligible_stmt(session, order, op)).where(col(Equipment.code) == code)
-    if lock:
-        stmt = stmt.with_for_update()
-    unit = (await session.execute(stmt)).scalar_one_or_none()
+    by, params = await _eligible(session, order, op)
+    unit = (
+        await session.execute(_units_stmt(by, True, lock), params | {"unit_code": code})
+    ).scalar_one_or_none()
     if unit is None:
         eligible = sorted(u.code for u in await eligible_units(session, order, op))
         raise Conflict(

@@ -4,11 +4,13 @@ retirement, and the tech transfer of a pilot-proven draft to production."""
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, func
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from mes.audit import service as audit
 from mes.context import AppContext
@@ -103,19 +105,26 @@ async def public(session: AsyncSession, wm: WorkMaster) -> WorkMasterPublic:
     )
 
 
+@cache
+def _version_stmt(given: bool, lock: bool) -> SelectOfScalar[WorkMaster]:
+    """A work master ``code``: version ``revision`` if ``given``, else the approved one, else
+    the latest draft."""
+    stmt = select(WorkMaster).where(col(WorkMaster.code) == bindparam("code"))
+    if given:
+        stmt = stmt.where(col(WorkMaster.revision) == bindparam("revision"))
+    else:
+        approved = col(WorkMaster.status) == WorkMasterStatus.approved
+        stmt = stmt.order_by(approved.desc(), col(WorkMaster.revision).desc()).limit(1)
+    return stmt.with_for_update() if lock else stmt
+
+
 async def get(
     session: AsyncSession, code: str, revision: int | None = None, *, lock: bool = False
 ) -> WorkMaster:
     """A version, or (no version given) the approved one, else the latest draft."""
-    stmt = select(WorkMaster).where(WorkMaster.code == code)
-    if revision is not None:
-        stmt = stmt.where(WorkMaster.revision == revision)
-    else:
-        approved = col(WorkMaster.status) == WorkMasterStatus.approved
-        stmt = stmt.order_by(approved.desc(), col(WorkMaster.revision).desc()).limit(1)
-    if lock:
-        stmt = stmt.with_for_update()
-    found = (await session.execute(stmt)).scalars().first()
+    stmt = _version_stmt(revision is not None, lock)
+    params = {"code": code, "revision": revision}
+    found = (await session.execute(stmt, params)).scalars().first()
     if found is None:
         suffix = f" version {revision}" if revision is not None else ""
         raise NotFound(f"work master {code!r}{suffix} does not exist")

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -123,6 +125,25 @@ async def _internal_label(
         raise NotFound(exc.detail, rule="ID-1", field="scan", persist=True) from exc
 
 
+@cache
+def _consumed_stmt(of_material: bool, of_execution: bool) -> Any:
+    stmt = (
+        select(MaterialTransaction, Lot)
+        .join(Lot, col(Lot.id) == MaterialTransaction.lot_id)
+        .join(OperationExecution, col(OperationExecution.id) == MaterialTransaction.execution_id)
+        .where(
+            col(OperationExecution.work_order_id) == bindparam("order_id"),
+            MaterialTransaction.kind == TransactionKind.consumed,
+        )
+        .order_by(col(MaterialTransaction.seq))
+    )
+    if of_material:
+        stmt = stmt.where(col(Lot.material_id) == bindparam("material_id"))
+    if of_execution:
+        stmt = stmt.where(col(MaterialTransaction.execution_id) == bindparam("execution_id"))
+    return stmt
+
+
 async def consumed_rows(
     session: AsyncSession,
     order: WorkOrder,
@@ -130,21 +151,9 @@ async def consumed_rows(
     execution_id: uuid.UUID | None = None,
 ) -> list[tuple[MaterialTransaction, Lot]]:
     """Consumption rows (with their lots) of an order, or of one of its executions."""
-    stmt = (
-        select(MaterialTransaction, Lot)
-        .join(Lot, col(Lot.id) == MaterialTransaction.lot_id)
-        .join(OperationExecution, col(OperationExecution.id) == MaterialTransaction.execution_id)
-        .where(
-            OperationExecution.work_order_id == order.id,
-            MaterialTransaction.kind == TransactionKind.consumed,
-        )
-        .order_by(col(MaterialTransaction.seq))
-    )
-    if material_id is not None:
-        stmt = stmt.where(Lot.material_id == material_id)
-    if execution_id is not None:
-        stmt = stmt.where(MaterialTransaction.execution_id == execution_id)
-    return [(tx, lot) for tx, lot in (await session.execute(stmt)).all()]
+    stmt = _consumed_stmt(material_id is not None, execution_id is not None)
+    params = {"order_id": order.id, "material_id": material_id, "execution_id": execution_id}
+    return [(tx, lot) for tx, lot in (await session.execute(stmt, params)).all()]
 
 
 def plain(value: Decimal) -> str:

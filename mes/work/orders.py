@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -16,7 +17,6 @@ from mes.context import AppContext
 from mes.db import held
 from mes.equipment import service as equipment_service
 from mes.errors import Conflict, Forbidden, InvalidInput, InvalidTransition, NotFound
-from mes.ids import parse_uuid
 from mes.lot import service as lots
 from mes.models import (
     CheckResult,
@@ -38,7 +38,7 @@ from mes.models import (
     WorkOrderStatus,
 )
 from mes.principal import Principal
-from mes.records import bump_version, check_version, fetch_page
+from mes.records import bump_version, by_id_or_code, check_version, fetch_page
 from mes.signature import service as signatures
 from mes.work import deviations, masters, rules
 from mes.work.schemas import OperationPublic, SignedAction, WorkOrderCreate, WorkOrderPublic
@@ -89,13 +89,8 @@ def op_spec(order: WorkOrder, seq: int) -> dict[str, Any]:
 
 
 async def get(session: AsyncSession, number: str, *, lock: bool = False) -> WorkOrder:
-    ident = parse_uuid(number)
-    stmt = select(WorkOrder).where(
-        WorkOrder.id == ident if ident is not None else WorkOrder.number == number
-    )
-    if lock:
-        stmt = stmt.with_for_update()
-    found = (await session.execute(stmt)).scalar_one_or_none()
+    stmt, params = by_id_or_code(WorkOrder, "number", number, lock=lock)
+    found = (await session.execute(stmt, params)).scalar_one_or_none()
     if found is None:
         raise NotFound(f"work order {number!r} does not exist")
     return found
@@ -108,13 +103,24 @@ async def locked(session: AsyncSession, number: str, expected_version: int) -> W
     return order
 
 
+_OPERATIONS = (
+    select(Operation)
+    .where(col(Operation.work_order_id) == bindparam("order_id"))
+    .order_by(col(Operation.seq))
+)
+_OPERATIONS_LOCKED = _OPERATIONS.with_for_update()
+
+
 async def operations_of(
     session: AsyncSession, order: WorkOrder, *, lock: bool = False
 ) -> list[Operation]:
-    stmt = select(Operation).where(Operation.work_order_id == order.id).order_by(col(Operation.seq))
-    if lock:
-        stmt = stmt.with_for_update()
-    return list((await session.execute(stmt)).scalars())
+    stmt = _OPERATIONS_LOCKED if lock else _OPERATIONS
+    return list((await session.execute(stmt, {"order_id": order.id})).scalars())
+
+
+_EXECUTIONS = select(OperationExecution).where(
+    col(OperationExecution.id).in_(bindparam("ids", expanding=True))
+)
 
 
 async def operations_public(
@@ -135,9 +141,7 @@ async def operations_public(
             else:
                 executions[op.execution_id] = ex
     if missing:
-        rows = await session.execute(
-            select(OperationExecution).where(col(OperationExecution.id).in_(missing))
-        )
+        rows = await session.execute(_EXECUTIONS, {"ids": missing})
         executions.update({e.id: e for e in rows.scalars()})
     out: list[OperationPublic] = []
     for op, order in pairs:
