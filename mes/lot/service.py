@@ -216,13 +216,14 @@ async def active_materials(
     return {code: _require_active(found.get(code), code, field) for code in codes}
 
 
-_LOT_ID = select(Lot.id).where(
+# The id of lot ``lot_number`` of material ``material_id``, if there is one.
+LOT_ID = select(Lot.id).where(
     col(Lot.material_id) == bindparam("material_id"), col(Lot.lot_number) == bindparam("lot_number")
 )
 
 
 async def _check_new_lot_number(session: AsyncSession, m: MaterialDefinition, number: str) -> None:
-    exists = await session.execute(_LOT_ID, {"material_id": m.id, "lot_number": number})
+    exists = await session.execute(LOT_ID, {"material_id": m.id, "lot_number": number})
     if exists.first() is not None:
         raise AlreadyExists(
             f"lot {number!r} of material {m.code} already exists", field="lot_number"

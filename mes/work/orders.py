@@ -24,7 +24,6 @@ from mes.models import (
     DeviationStatus,
     Equipment,
     ESignature,
-    Lot,
     MaterialDefinition,
     MaterialTransaction,
     Operation,
@@ -362,12 +361,21 @@ async def advance(
 # --- actions -------------------------------------------------------------------------------
 
 
+_ORDER_NUMBER_TAKEN = select(WorkOrder.id).where(col(WorkOrder.number) == bindparam("number"))
+_LOT_NUMBER_PLANNED = select(WorkOrder.number).where(
+    col(WorkOrder.product_id) == bindparam("material_id"),
+    col(WorkOrder.lot_number) == bindparam("lot_number"),
+    col(WorkOrder.status).not_in([WorkOrderStatus.cancelled, WorkOrderStatus.aborted]),
+)
+_UNIT_ID = select(Equipment.id).where(col(Equipment.code) == bindparam("code"))
+
+
 async def create(
     ctx: AppContext, session: AsyncSession, principal: Principal, data: WorkOrderCreate
 ) -> WorkOrder:
     """A draft order with a frozen copy of its work master version and one operation per step.
     Production orders need an approved version (PROC-1); a pilot batch runs a draft."""
-    if (await session.execute(select(WorkOrder.id).where(WorkOrder.number == data.number))).first():
+    if (await session.execute(_ORDER_NUMBER_TAKEN, {"number": data.number})).first():
         raise Conflict(f"work order {data.number} already exists", field="number")
     if data.work_master_version is not None:
         wm = await _master(session, data.work_master_code, data.work_master_version)
@@ -385,19 +393,11 @@ async def create(
             "the order number is longer than a lot number may be (20); give lot_number",
             field="lot_number",
         )
-    taken = await session.execute(
-        select(Lot.id).where(Lot.material_id == product.id, Lot.lot_number == lot_number)
-    )
+    lot_key = {"material_id": product.id, "lot_number": lot_number}
+    taken = await session.execute(lots.LOT_ID, lot_key)
     if taken.first() is not None:
         raise Conflict(f"lot {lot_number} of {product.code} already exists", field="lot_number")
-    planned = await session.execute(
-        select(WorkOrder.number).where(
-            WorkOrder.product_id == product.id,
-            WorkOrder.lot_number == lot_number,
-            col(WorkOrder.status).not_in([WorkOrderStatus.cancelled, WorkOrderStatus.aborted]),
-        )
-    )
-    other = planned.scalars().first()
+    other = (await session.execute(_LOT_NUMBER_PLANNED, lot_key)).scalars().first()
     if other is not None:
         raise Conflict(
             f"lot {lot_number} of {product.code} is already planned by work order {other}",
@@ -429,9 +429,7 @@ async def create(
     session.add(order)
     await session.flush()
     for spec in wm.operations:
-        wc = await session.execute(
-            select(Equipment.id).where(Equipment.code == spec["work_center_code"])
-        )
+        wc = await session.execute(_UNIT_ID, {"code": spec["work_center_code"]})
         session.add(
             Operation(
                 work_order_id=order.id,
@@ -466,14 +464,16 @@ async def _master(session: AsyncSession, code: str, revision: int) -> WorkMaster
         raise InvalidInput(exc.detail, field="work_master_version") from exc
 
 
+_LATEST = (
+    select(WorkMaster)
+    .where(col(WorkMaster.code) == bindparam("code"), col(WorkMaster.status) == bindparam("status"))
+    .order_by(col(WorkMaster.revision).desc())
+    .limit(1)
+)
+
+
 async def _latest(session: AsyncSession, code: str, status: WorkMasterStatus) -> WorkMaster:
-    stmt = (
-        select(WorkMaster)
-        .where(WorkMaster.code == code, WorkMaster.status == status)
-        .order_by(col(WorkMaster.revision).desc())
-        .limit(1)
-    )
-    found = (await session.execute(stmt)).scalars().first()
+    found = (await session.execute(_LATEST, {"code": code, "status": status})).scalars().first()
     if found is None:
         exists = (
             await session.execute(select(WorkMaster.id).where(WorkMaster.code == code))
