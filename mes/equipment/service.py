@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -121,6 +122,9 @@ async def get_class(session: AsyncSession, code: str, *, lock: bool = False) -> 
 # code) and an id is never reused, so entries never go stale; the plant has hundreds of units.
 _CODE_CACHE: dict[uuid.UUID, str] = {}
 _CODE_CACHE_MAX = 50_000
+_CODES = select(Equipment.id, Equipment.code).where(
+    col(Equipment.id).in_(bindparam("ids", expanding=True))
+)
 
 
 async def codes_of(session: AsyncSession, ids: Iterable[uuid.UUID | None]) -> dict[uuid.UUID, str]:
@@ -131,9 +135,7 @@ async def codes_of(session: AsyncSession, ids: Iterable[uuid.UUID | None]) -> di
         if len(_CODE_CACHE) + len(missing) > _CODE_CACHE_MAX:
             _CODE_CACHE.clear()
             missing = wanted
-        rows = await session.execute(
-            select(Equipment.id, Equipment.code).where(col(Equipment.id).in_(missing))
-        )
+        rows = await session.execute(_CODES, {"ids": list(missing)})
         _CODE_CACHE.update({row.id: row.code for row in rows})
     return {i: _CODE_CACHE[i] for i in wanted if i in _CODE_CACHE}
 

@@ -8,11 +8,13 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from mes.audit import service as audit
 from mes.context import AppContext
@@ -46,7 +48,7 @@ from mes.models import (
 )
 from mes.models.lot import LotReach
 from mes.principal import Principal
-from mes.records import bump_version, by_id_or_code, check_version, fetch_page
+from mes.records import bump_version, by_id_or_code, check_version, fetch_page, keyed_stmt
 from mes.signature import service as signatures
 from mes.signature.schemas import SignatureInput
 
@@ -75,6 +77,18 @@ async def find_lots(session: AsyncSession, lot_number: str) -> list[Lot]:
     return list((await session.execute(stmt, params)).scalars())
 
 
+@cache
+def _lot_stmt(by_id: bool, of_material: bool, lock: bool) -> SelectOfScalar[Lot]:
+    """Lots whose id (``by_id``) or number is ``key``, of material ``material_code`` if
+    ``of_material``, row-locked with ``lock``."""
+    stmt = keyed_stmt(Lot, "id" if by_id else "lot_number", False)
+    if of_material:
+        stmt = stmt.join(MaterialDefinition, col(MaterialDefinition.id) == Lot.material_id).where(
+            col(MaterialDefinition.code) == bindparam("material_code")
+        )
+    return stmt.with_for_update(of=Lot) if lock else stmt
+
+
 async def get_lot(
     session: AsyncSession,
     lot_number: str,
@@ -85,14 +99,9 @@ async def get_lot(
     """A lot by number (or id); ``material_code`` disambiguates a number used by several
     materials (lot numbers are unique per material definition)."""
     ident = parse_uuid(lot_number)
-    stmt = select(Lot).where(Lot.id == ident if ident is not None else Lot.lot_number == lot_number)
-    if material_code is not None:
-        stmt = stmt.join(MaterialDefinition, col(MaterialDefinition.id) == Lot.material_id).where(
-            MaterialDefinition.code == material_code
-        )
-    if lock:
-        stmt = stmt.with_for_update(of=Lot)
-    found = list((await session.execute(stmt)).scalars())
+    stmt = _lot_stmt(ident is not None, material_code is not None, lock)
+    params = {"key": ident if ident is not None else lot_number, "material_code": material_code}
+    found = list((await session.execute(stmt, params)).scalars())
     if not found:
         suffix = f" of material {material_code}" if material_code else ""
         raise NotFound(f"lot {lot_number!r}{suffix} does not exist")
