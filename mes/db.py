@@ -74,6 +74,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if url.startswith("postgresql"):
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 10)
+        # The most recently returned connection first: the busy ones stay busy (and are not
+        # pinged, see ``_check_alive_when_idle``); the others idle and are pinged when needed.
+        kwargs.setdefault("pool_use_lifo", True)
         # Short OLTP statements: JIT compilation costs more than it saves (it was measured
         # taking most of a genealogy trace's time).
         kwargs.setdefault("connect_args", {"server_settings": {"jit": "off"}})

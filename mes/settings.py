@@ -108,6 +108,17 @@ class MesSettings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     idempotency_ttl: timedelta = timedelta(hours=24)
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        """A browser sends its origin as scheme://host[:port], without a path or a slash."""
+        origins = tuple(origin.strip().rstrip("/") for origin in value)
+        for origin in origins:
+            scheme, _, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(f"{origin!r} is not an origin (https://host[:port])")
+        return origins
+
     @field_validator("password_hashing")
     @classmethod
     def _cheap_only_in_tests(cls, value: str, info: Any) -> str:

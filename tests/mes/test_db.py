@@ -128,6 +128,7 @@ async def test_a_connection_returned_a_moment_ago_is_handed_out_without_a_ping(
     engine = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
         pings = _count_pings(engine, monkeypatch)
+        monkeypatch.setattr(db, "PING_IDLE_AFTER_S", 1e9)  # however slow the machine
         first = await _backend_pid(engine)
         assert [await _backend_pid(engine) for _ in range(5)] == [first] * 5
         assert pings == []
@@ -148,7 +149,8 @@ async def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
     engine = create_engine(database_url, pool_size=1, max_overflow=0)
     try:
         dropped = await _backend_pid(engine)
-        await pg_admin(f"SELECT pg_terminate_backend({dropped})")
+        # Waits (up to 5 s) until the backend has exited.
+        await pg_admin(f"SELECT pg_terminate_backend({dropped}, 5000)")
         monkeypatch.setattr(db, "PING_IDLE_AFTER_S", 0.0)
         replacement = await _backend_pid(engine)
         assert replacement != dropped

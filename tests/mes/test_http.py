@@ -7,7 +7,9 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
 from sqlmodel import func, select
 
 from mes.app import create_app
@@ -309,6 +311,8 @@ async def test_a_browser_on_another_origin_is_refused_unless_configured(
             app = create_app(context=context, migrate=False)
             answer = await _preflight(app, planner)
             if not origins:
+                # No CORS handling at all: the preflight is an OPTIONS the route does not allow.
+                assert answer.status_code == 405
                 assert "access-control-allow-origin" not in answer.headers
                 continue
             assert answer.status_code == 200
@@ -319,3 +323,11 @@ async def test_a_browser_on_another_origin_is_refused_unless_configured(
             assert "access-control-allow-origin" not in refused.headers
         finally:
             await context.close()
+
+
+def test_cors_origins_are_origins(database_url: str, tmp_path: Path) -> None:
+    settings = make_settings(database_url, tmp_path, cors_origins=(" https://plan.example/ ",))
+    assert settings.cors_origins == ("https://plan.example",)
+    for wrong in ("plan.example", "https://plan.example/api", "ftp://plan.example"):
+        with pytest.raises(ValidationError, match="is not an origin"):
+            make_settings(database_url, tmp_path, cors_origins=(wrong,))
