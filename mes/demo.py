@@ -24,7 +24,7 @@ from mes.lot.schemas import LoadCreate, LotReceive, LotRef, TransactionRequest
 from mes.models import LotStatus, SignatureMeaning, TransactionKind, WorkMaster
 from mes.principal import Principal, PrincipalKind, system_principal
 from mes.signature.schemas import SignatureInput
-from mes.work import masters, orders, qualifications
+from mes.work import masters, orders, planning, qualifications
 from mes.work.schemas import (
     QualificationGrant,
     WorkMasterApprove,
@@ -245,7 +245,7 @@ async def seed_work(ctx: AppContext, password: str, path: Path) -> bool:
                 ),
             )
         for number, master, qty, uom, priority, due_days, pilot in ORDERS:
-            order = await orders.create(
+            order = await planning.create(
                 ctx,
                 session,
                 planner,

@@ -12,17 +12,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from mes.audit import service as audit
-from mes.audit.rules import to_jsonable
 from mes.context import AppContext
 from mes.db import held
 from mes.equipment import service as equipment_service
-from mes.errors import Conflict, Forbidden, InvalidInput, InvalidTransition, NotFound
-from mes.lot import service as lots
+from mes.errors import Conflict, Forbidden, InvalidTransition, NotFound
 from mes.models import (
     CheckResult,
     Deviation,
     DeviationStatus,
-    Equipment,
     ESignature,
     MaterialDefinition,
     MaterialTransaction,
@@ -39,8 +36,8 @@ from mes.models import (
 from mes.principal import Principal
 from mes.records import bump_version, by_id_or_code, check_version, fetch_page
 from mes.signature import service as signatures
-from mes.work import deviations, masters, rules
-from mes.work.schemas import OperationPublic, SignedAction, WorkOrderCreate, WorkOrderPublic
+from mes.work import deviations, rules
+from mes.work.schemas import OperationPublic, SignedAction, WorkOrderPublic
 
 ORDER_FIELDS = (
     "number",
@@ -361,134 +358,8 @@ async def advance(
 # --- actions -------------------------------------------------------------------------------
 
 
-_ORDER_NUMBER_TAKEN = select(WorkOrder.id).where(col(WorkOrder.number) == bindparam("number"))
-_LOT_NUMBER_PLANNED = select(WorkOrder.number).where(
-    col(WorkOrder.product_id) == bindparam("material_id"),
-    col(WorkOrder.lot_number) == bindparam("lot_number"),
-    col(WorkOrder.status).not_in([WorkOrderStatus.cancelled, WorkOrderStatus.aborted]),
-)
-_UNIT_ID = select(Equipment.id).where(col(Equipment.code) == bindparam("code"))
-
-
-async def create(
-    ctx: AppContext, session: AsyncSession, principal: Principal, data: WorkOrderCreate
-) -> WorkOrder:
-    """A draft order with a frozen copy of its work master version and one operation per step.
-    Production orders need an approved version (PROC-1); a pilot batch runs a draft."""
-    if (await session.execute(_ORDER_NUMBER_TAKEN, {"number": data.number})).first():
-        raise Conflict(f"work order {data.number} already exists", field="number")
-    if data.work_master_version is not None:
-        wm = await _master(session, data.work_master_code, data.work_master_version)
-    elif data.pilot:
-        wm = await _latest(session, data.work_master_code, WorkMasterStatus.draft)
-    else:
-        wm = await _latest(session, data.work_master_code, WorkMasterStatus.approved)
-    _check_master_usable(wm, data.pilot, "work_master_version")
-    product = await session.get(MaterialDefinition, wm.product_id)
-    assert product is not None  # foreign key
-    quantity = lots.convert_quantity(data.quantity, data.uom, wm.uom, "uom")
-    lot_number = data.lot_number or data.number
-    if len(lot_number) > 20:
-        raise InvalidInput(
-            "the order number is longer than a lot number may be (20); give lot_number",
-            field="lot_number",
-        )
-    lot_key = {"material_id": product.id, "lot_number": lot_number}
-    taken = await session.execute(lots.LOT_ID, lot_key)
-    if taken.first() is not None:
-        raise Conflict(f"lot {lot_number} of {product.code} already exists", field="lot_number")
-    other = (await session.execute(_LOT_NUMBER_PLANNED, lot_key)).scalars().first()
-    if other is not None:
-        raise Conflict(
-            f"lot {lot_number} of {product.code} is already planned by work order {other}",
-            field="lot_number",
-        )
-    if data.due_at is not None and data.release_at is not None and data.due_at < data.release_at:
-        raise InvalidInput("due_at is before release_at", field="due_at")
-    now = ctx.clock.now()
-    snapshot = to_jsonable(await masters.view(session, wm))
-    order = WorkOrder(
-        number=data.number,
-        work_master_id=wm.id,
-        master_code=wm.code,
-        master_revision=wm.revision,
-        snapshot=snapshot,
-        product_id=product.id,
-        quantity=quantity,
-        uom=wm.uom,
-        lot_number=lot_number,
-        status=WorkOrderStatus.draft,
-        priority=data.priority,
-        release_at=data.release_at,
-        due_at=data.due_at,
-        is_pilot=data.pilot,
-        created_by=principal.username,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(order)
-    await session.flush()
-    for spec in wm.operations:
-        wc = await session.execute(_UNIT_ID, {"code": spec["work_center_code"]})
-        session.add(
-            Operation(
-                work_order_id=order.id,
-                seq=spec["seq"],
-                name=spec["name"],
-                work_center_id=wc.scalar_one(),
-                status=OperationStatus.waiting,
-                created_at=now,
-                updated_at=now,
-            )
-        )
-    await session.flush()
-    await audit.record_change(
-        session,
-        principal,
-        action="create",
-        entity_type="work_order",
-        entity_id=order.number,
-        entity_version=order.version,
-        old=None,
-        new=view(order),
-        fields=ORDER_FIELDS,
-        reason=data.reason,
-    )
-    return order
-
-
-async def _master(session: AsyncSession, code: str, revision: int) -> WorkMaster:
-    try:
-        return await masters.get(session, code, revision)
-    except NotFound as exc:
-        raise InvalidInput(exc.detail, field="work_master_version") from exc
-
-
-_LATEST = (
-    select(WorkMaster)
-    .where(col(WorkMaster.code) == bindparam("code"), col(WorkMaster.status) == bindparam("status"))
-    .order_by(col(WorkMaster.revision).desc())
-    .limit(1)
-)
-
-
-async def _latest(session: AsyncSession, code: str, status: WorkMasterStatus) -> WorkMaster:
-    found = (await session.execute(_LATEST, {"code": code, "status": status})).scalars().first()
-    if found is None:
-        exists = (
-            await session.execute(select(WorkMaster.id).where(WorkMaster.code == code))
-        ).first()
-        if exists is None:
-            raise InvalidInput(f"work master {code!r} does not exist", field="work_master_code")
-        raise Conflict(
-            f"work master {code} has no {status} version",
-            rule="PROC-1",
-            field="work_master_code",
-        )
-    return found
-
-
-def _check_master_usable(wm: WorkMaster, pilot: bool, field: str | None = None) -> None:
+def check_master_usable(wm: WorkMaster, pilot: bool, field: str | None = None) -> None:
+    """PROC-1: production orders run an approved version, pilot batches a draft."""
     status = WorkMasterStatus(wm.status)
     if pilot and status != WorkMasterStatus.draft:
         raise Conflict(
@@ -517,7 +388,7 @@ async def release(
     wm = await session.get(WorkMaster, order.work_master_id)
     assert wm is not None  # foreign key
     if WorkOrderStatus(order.status) == WorkOrderStatus.draft:
-        _check_master_usable(wm, order.is_pilot)
+        check_master_usable(wm, order.is_pilot)
     await transition(ctx, session, principal, order, "release", reason)
     await advance(ctx, session, principal, order)
     return order

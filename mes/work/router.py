@@ -38,6 +38,7 @@ from mes.work import (
     masters,
     materials,
     orders,
+    planning,
     qualifications,
     recording,
 )
@@ -301,7 +302,7 @@ async def create_work_order(
     from a draft. Send ``Idempotency-Key`` so a retry never creates a second order."""
 
     async def create() -> tuple[int, WorkOrderPublic, dict[str, str]]:
-        order = await orders.create(ctx, session, principal, body)
+        order = await planning.create(ctx, session, principal, body)
         return (
             201,
             await orders.public(session, order),
