@@ -7,7 +7,7 @@ A connector reads one source (an OPC UA server, an MQTT topic tree) and emits
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -51,7 +51,54 @@ class Observation:
             raise ValueError(f"non-finite value for {self.source}/{self.tag}")
 
 
-Emit = Callable[[Observation], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A stretch of time for which a source's values may be missing.
+
+    Reported when a connector knows it lost data or cannot prove it did not: a reconnect
+    whose subscriptions had to be recreated, a sequence-number jump, a broker that lost its
+    session. ``tag`` is None when the gap covers every tag of the source; ``first_seq`` /
+    ``last_seq`` bound the missing sequence numbers when the source numbers its messages.
+    """
+
+    source: str
+    start: datetime
+    end: datetime
+    reason: str
+    tag: str | None = None
+    first_seq: int | None = None
+    last_seq: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("gap times must be timezone-aware")
+        if self.end < self.start:
+            raise ValueError(f"gap of {self.source} ends before it starts")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A payload a connector could not turn into observations, with the reason.
+
+    Counted and logged per source by the MES; it never stops the stream.
+    """
+
+    source: str
+    reason: str
+    detail: str = ""
+    payload: bytes = b""
+
+
+Emit = Callable[[Sequence[Observation]], Awaitable[None]]
+"""Hand observations to the MES. The awaitable resolves once every one of them is durably
+stored (in the database or the local spool) and raises if they could not be; a connector
+acknowledges its source (an MQTT PUBACK) only after it resolves, in receipt order."""
+
+ReportGap = Callable[[Gap], Awaitable[None]]
+"""Record a gap durably; resolves once stored."""
+
+Reject = Callable[[Rejected], None]
+"""Count and log a bad payload (never raises, never blocks)."""
 
 
 class ClockLike(Protocol):
@@ -60,11 +107,14 @@ class ClockLike(Protocol):
 
 @dataclass
 class ConnectorContext:
-    """What the host hands a connector: its name and config, a sink, a logger and a clock."""
+    """What the host hands a connector: its name and config, the sinks for observations,
+    gaps and rejected payloads, a logger and a clock."""
 
     name: str
     config: BaseModel
     emit: Emit
+    report_gap: ReportGap
+    reject: Reject
     logger: logging.Logger
     clock: ClockLike
 
