@@ -105,6 +105,11 @@ class MesSettings(BaseSettings):
     # tool on another host). Empty: same-origin only, and no CORS handling at all.
     cors_origins: tuple[str, ...] = ()
 
+    # Tags and connectors of the line data (mes ingest, mes demo).
+    telemetry_file: Path = Path("config/telemetry.yaml")
+    # A value stamped further ahead of the server's clock than this is refused.
+    telemetry_future_skew: timedelta = timedelta(minutes=5)
+
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     idempotency_ttl: timedelta = timedelta(hours=24)
 

@@ -34,6 +34,14 @@ from mes.models.lot import (
     TransactionKind,
 )
 from mes.models.material import MaterialDefinition, MaterialKind
+from mes.models.telemetry import (
+    IngestReject,
+    TagKind,
+    TelemetryGap,
+    TelemetryLatest,
+    TelemetrySample,
+    TelemetryTag,
+)
 from mes.models.work import (
     CheckResult,
     Deviation,
@@ -70,6 +78,7 @@ __all__ = [
     "EquipmentStatus",
     "GenealogyEdge",
     "IdempotencyRecord",
+    "IngestReject",
     "LoadItem",
     "Lot",
     "LotOrigin",
@@ -90,6 +99,11 @@ __all__ = [
     "SignatureMeaning",
     "SterilizationLoad",
     "Sublot",
+    "TagKind",
+    "TelemetryGap",
+    "TelemetryLatest",
+    "TelemetrySample",
+    "TelemetryTag",
     "TransactionKind",
     "UTCDateTime",
     "UserStatus",

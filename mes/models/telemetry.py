@@ -1,0 +1,109 @@
+"""Telemetry tables: the tag registry, raw samples, the latest value per tag, gaps in the data
+and payloads that were refused.
+
+Samples are written by ``mes.telemetry`` through Core (COPY on PostgreSQL, executemany on
+SQLite), never through the ORM: the ORM costs ten times more per row (PITFALLS).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, String
+from sqlmodel import Field, SQLModel
+
+from mes.clock import utc_now
+from mes.models.base import id_field, seq_column, utc_field
+
+
+class TagKind(StrEnum):
+    """What a tag's values are: numbers (also counters and states sent as numbers), booleans
+    or text (a state name, a recipe id)."""
+
+    number = "number"
+    boolean = "boolean"
+    text = "text"
+
+
+class TelemetryTag(SQLModel, table=True):
+    """One signal of one piece of equipment (``CORE/ROP-TRAIN-1/R-101/melt_temp``).
+
+    Loaded from the telemetry configuration; a sample of a tag that is not registered is
+    refused (``unknown_tag``). ``parameter`` names the process parameter of a work master the
+    tag supplies (ParameterSpec.tag), ``room`` the cleanroom whose condition it measures.
+    """
+
+    __tablename__ = "telemetry_tag"
+
+    id: int | None = Field(default=None, sa_column=Column(Integer, primary_key=True))
+    tag: str = Field(max_length=200, unique=True)
+    kind: TagKind = Field(default=TagKind.number, sa_type=String(10))
+    uom: str | None = Field(default=None, max_length=20)
+    equipment_code: str | None = Field(default=None, max_length=40, index=True)
+    room_code: str | None = Field(default=None, max_length=40, index=True)
+    description: str | None = Field(default=None, max_length=500)
+    created_at: datetime = utc_field(default_factory=utc_now)
+
+
+class TelemetrySample(SQLModel, table=True):
+    """One stored value. The key (tag, source time, source) de-duplicates a value that a
+    broker redelivers or a spool replays: storing it twice changes nothing."""
+
+    __tablename__ = "telemetry_sample"
+
+    tag_id: int = Field(sa_column=Column(Integer, ForeignKey("telemetry_tag.id"), primary_key=True))
+    source_ts: datetime = utc_field(primary_key=True)
+    source: str = Field(max_length=100, primary_key=True)
+    value_num: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    value_text: str | None = Field(default=None, max_length=200)
+    quality: str = Field(max_length=10)
+    status_code: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    flags: str | None = Field(default=None, max_length=100)
+    received_ts: datetime = utc_field()
+
+
+class TelemetryLatest(SQLModel, table=True):
+    """The newest stored value of each tag (by source time): what the live view shows."""
+
+    __tablename__ = "telemetry_latest"
+
+    tag_id: int = Field(sa_column=Column(Integer, ForeignKey("telemetry_tag.id"), primary_key=True))
+    source_ts: datetime = utc_field()
+    source: str = Field(max_length=100)
+    value_num: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    value_text: str | None = Field(default=None, max_length=200)
+    quality: str = Field(max_length=10)
+    stored_at: datetime = utc_field()
+
+
+class TelemetryGap(SQLModel, table=True):
+    """A stretch of time for which a source's values may be missing (a broker that lost its
+    session, OPC UA subscriptions recreated, a Sparkplug sequence jump)."""
+
+    __tablename__ = "telemetry_gap"
+
+    id: uuid.UUID = id_field()
+    source: str = Field(max_length=100, index=True)
+    tag: str | None = Field(default=None, max_length=200)
+    start: datetime = utc_field()
+    end: datetime = utc_field()
+    reason: str = Field(max_length=500)
+    first_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    last_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    recorded_at: datetime = utc_field(default_factory=utc_now)
+
+
+class IngestReject(SQLModel, table=True):
+    """A payload or value the ingest refused, with the reason, kept for inspection."""
+
+    __tablename__ = "ingest_reject"
+
+    seq: int | None = Field(default=None, sa_column=seq_column())
+    source: str = Field(max_length=100, index=True)
+    reason: str = Field(max_length=40)
+    detail: str = Field(default="", max_length=500)
+    payload: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
+    at: datetime = utc_field(default_factory=utc_now)

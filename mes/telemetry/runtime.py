@@ -1,0 +1,68 @@
+"""The ingest runtime: the tag registry, the ingest pipeline and the connector host together.
+
+Run by ``mes ingest`` (its own process; several may share one MQTT shared subscription) and by
+``mes demo`` inside the server process. The API never runs connectors: it reads what ingest
+stored, so any number of API workers see the same values.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from connectors.host import ConnectorHost
+from mes.context import AppContext
+from mes.telemetry.config import TelemetryConfig, load_config, register_tags
+from mes.telemetry.ingest import Ingest
+from mes.telemetry.spool import Spool
+from mes.telemetry.store import SampleStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TelemetryRuntime:
+    """Everything ingest needs, started and stopped as one."""
+
+    config: TelemetryConfig
+    ingest: Ingest
+    host: ConnectorHost
+
+    @classmethod
+    def build(
+        cls, ctx: AppContext, config: TelemetryConfig | None = None, *, spool: Path | None = None
+    ) -> TelemetryRuntime:
+        """Wire the runtime from the settings (the telemetry file unless ``config`` is given)."""
+        settings = ctx.settings
+        config = config or load_config(settings.telemetry_file)
+        ingest = Ingest(
+            SampleStore(ctx.db),
+            Spool(spool or settings.var_dir / "spool" / "telemetry.db"),
+            ctx.clock,
+            future_skew=settings.telemetry_future_skew,
+        )
+        host = ConnectorHost(
+            config.connectors,
+            emit=ingest.emit,
+            report_gap=ingest.report_gap,
+            reject=ingest.reject,
+            clock=ctx.clock,
+        )
+        return cls(config=config, ingest=ingest, host=host)
+
+    async def start(self, ctx: AppContext) -> None:
+        """Register the tags, start ingest, then the connectors."""
+        await register_tags(ctx.db, self.config.tags)
+        await self.ingest.start()
+        self.host.start()
+        log.info(
+            "telemetry: %d tags, connectors %s",
+            len(self.config.tags),
+            ", ".join(f"{s.name} ({s.kind})" for s in self.config.connectors) or "none",
+        )
+
+    async def stop(self) -> None:
+        """Stop the connectors first (no new values), then commit what is queued."""
+        await self.host.stop()
+        await self.ingest.stop()
