@@ -13,6 +13,7 @@ from mes.lot import router as lot
 from mes.material import router as material
 from mes.routes import API_PREFIX
 from mes.signature import router as signature
+from mes.telemetry import router as telemetry
 from mes.udi import router as udi
 from mes.work import router as work
 
@@ -28,6 +29,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     udi.router,
     signature.router,
     audit.router,
+    telemetry.router,
     health.router,
 )
 

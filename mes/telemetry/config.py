@@ -39,6 +39,10 @@ from mes.telemetry.store import TAG, upsert_tags_stmt
 EQUIPMENT: Any = Equipment.__table__  # type: ignore[attr-defined]
 
 
+TAG_PATTERN = r"^[A-Za-z0-9_.:/#\- ]+$"
+"""What a tag name may contain (the equipment path, ``/`` between levels, and the signal)."""
+
+
 class TelemetryConfigError(ValueError):
     """The telemetry file is invalid; the message names the YAML path."""
 
@@ -48,7 +52,7 @@ class TagSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tag: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:/#\- ]+$")
+    tag: str = Field(min_length=1, max_length=200, pattern=TAG_PATTERN)
     kind: TagKind = TagKind.number
     uom: str | None = Field(default=None, max_length=20)
     equipment: str | None = Field(default=None, max_length=40)

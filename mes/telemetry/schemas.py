@@ -1,0 +1,73 @@
+"""Response models of the telemetry API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class TagPublic(BaseModel):
+    """A tag and its latest stored value (``ts``/``value`` None before the first one)."""
+
+    tag: str
+    kind: str
+    uom: str | None
+    equipment_code: str | None
+    room_code: str | None
+    ts: datetime | None
+    value: float | bool | str | None
+    quality: str | None
+    source: str | None
+
+
+class TagList(BaseModel):
+    items: list[TagPublic]
+
+
+class SamplePublic(BaseModel):
+    ts: datetime
+    value: float | bool | str | None
+    quality: str
+    flags: list[str]
+
+
+class BucketPublic(BaseModel):
+    """Good-quality values of one bucket [start, start + bucket_s)."""
+
+    start: datetime
+    count: int
+    min: float | None
+    max: float | None
+    mean: float | None
+
+
+class SampleSeries(BaseModel):
+    """Raw samples (``samples``, ``truncated`` when more than the cap) or buckets."""
+
+    tag: str
+    kind: str
+    uom: str | None
+    start: datetime
+    end: datetime
+    bucket_s: float | None
+    truncated: bool
+    samples: list[SamplePublic] | None
+    buckets: list[BucketPublic] | None
+
+
+class GapPublic(BaseModel):
+    id: uuid.UUID
+    source: str
+    tag: str | None
+    start: datetime
+    end: datetime
+    reason: str
+    first_seq: int | None
+    last_seq: int | None
+    recorded_at: datetime
+
+
+class GapList(BaseModel):
+    items: list[GapPublic]
