@@ -44,6 +44,12 @@ class TelemetryTag(SQLModel, table=True):
     equipment_code: str | None = Field(default=None, max_length=40, index=True)
     room_code: str | None = Field(default=None, max_length=40, index=True)
     description: str | None = Field(default=None, max_length=500)
+    # Limits of a tag that is watched on its own (a cleanroom condition). A tag that supplies a
+    # process parameter is judged against the running operation's limits instead.
+    alert_low: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    alert_high: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    action_low: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    action_high: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
     created_at: datetime = utc_field(default_factory=utc_now)
 
 

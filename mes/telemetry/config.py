@@ -21,12 +21,13 @@ not registered is refused.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import select
 
 from connectors.base import Connector, ConnectorConfigError
@@ -58,6 +59,24 @@ class TagSpec(BaseModel):
     equipment: str | None = Field(default=None, max_length=40)
     room: str | None = Field(default=None, max_length=40)
     description: str | None = Field(default=None, max_length=500)
+    alert_low: float | None = Field(default=None, allow_inf_nan=False)
+    alert_high: float | None = Field(default=None, allow_inf_nan=False)
+    action_low: float | None = Field(default=None, allow_inf_nan=False)
+    action_high: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _ordered_limits(self) -> TagSpec:
+        known = [
+            (name, value)
+            for name in ("action_low", "alert_low", "alert_high", "action_high")
+            if (value := getattr(self, name)) is not None
+        ]
+        for (low_name, low), (high_name, high) in itertools.pairwise(known):
+            if low > high:
+                raise ValueError(f"{low_name} ({low}) must not exceed {high_name} ({high})")
+        if known and self.kind != TagKind.number:
+            raise ValueError("limits apply to number tags only")
+        return self
 
 
 class TelemetryConfig(BaseModel):
@@ -136,6 +155,10 @@ async def register_tags(db: Database, tags: list[TagSpec]) -> dict[str, int]:
                         "equipment_code": t.equipment,
                         "room_code": t.room,
                         "description": t.description,
+                        "alert_low": t.alert_low,
+                        "alert_high": t.alert_high,
+                        "action_low": t.action_low,
+                        "action_high": t.action_high,
                         "created_at": now,
                     }
                     for t in tags

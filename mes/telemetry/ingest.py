@@ -74,6 +74,7 @@ class Ingest:
         self.stored = 0
         self._rows: list[SampleRow] = []
         self._done: asyncio.Future[None] | None = None
+        self._inflight: asyncio.Future[None] | None = None
         self._rejects: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -92,8 +93,7 @@ class Ingest:
 
     async def stop(self) -> None:
         """Commit what is queued, then stop. The spool keeps what the database did not take."""
-        if self._rows:
-            await self.flush()
+        await self.flush()
         for task in (self._writer, self._drainer):
             if task is not None:
                 task.cancel()
@@ -102,9 +102,12 @@ class Ingest:
         await self.spool.close()
 
     async def flush(self) -> None:
-        """Wait until everything emitted so far is durable."""
-        if self._done is not None:
-            await asyncio.shield(self._done)
+        """Wait until everything emitted so far is durable (or has failed)."""
+        while True:
+            waiting = [f for f in (self._inflight, self._done) if f is not None and not f.done()]
+            if not waiting:
+                return
+            await asyncio.wait(waiting)
 
     # -- the connector's sinks -------------------------------------------------------------
 
@@ -229,6 +232,7 @@ class Ingest:
                 await self._keep_rejects(rejects)
             if not rows or done is None:
                 continue
+            self._inflight = done
             try:
                 await self._commit(rows)
             except Exception as exc:
@@ -237,6 +241,8 @@ class Ingest:
             else:
                 self.stored += len(rows)
                 done.set_result(None)
+            finally:
+                self._inflight = None
 
     async def _commit(self, rows: list[SampleRow]) -> None:
         if not self.spool.pending and not self._db_down:

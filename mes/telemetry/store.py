@@ -172,6 +172,16 @@ def upsert_tags_stmt(dialect: str) -> Any:
         index_elements=[TAG.c.tag],
         set_={
             name: stmt.excluded[name]
-            for name in ("kind", "uom", "equipment_code", "room_code", "description")
+            for name in (
+                "kind",
+                "uom",
+                "equipment_code",
+                "room_code",
+                "description",
+                "alert_low",
+                "alert_high",
+                "action_low",
+                "action_high",
+            )
         },
     )

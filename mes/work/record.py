@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from mes.audit.schemas import AuditEntryPublic
+from mes.clock import utc_now
 from mes.equipment import service as equipment_service
 from mes.models import (
     AuditEntry,
@@ -33,6 +34,7 @@ from mes.models import (
 )
 from mes.signature import service as signatures
 from mes.signature.schemas import SignaturePublic
+from mes.telemetry.context import ExecutionWindow, SignalSummary, line_data
 from mes.udi.label import build_label
 from mes.work import deviations, orders, rules
 from mes.work.schemas import DeviationPublic
@@ -149,6 +151,8 @@ class ProductionRecord(BaseModel):
     materials: list[ConsumedLot]
     parameters: list[ParameterRecord]
     checks: list[CheckRecord]
+    process_data: list[SignalSummary]
+    environment: list[SignalSummary]
     deviations: list[DeviationPublic]
     signatures: list[SignaturePublic]
     audit_trail: list[AuditEntryPublic]
@@ -158,7 +162,11 @@ def _dec(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
-async def assemble(session: AsyncSession, number: str) -> ProductionRecord:
+async def assemble(
+    session: AsyncSession, number: str, now: datetime | None = None
+) -> ProductionRecord:
+    """The production record of work order ``number``; an operation still running is shown
+    with its line data up to ``now``."""
     order = await orders.get(session, number)
     product = await session.get(MaterialDefinition, order.product_id)
     wm = await session.get(WorkMaster, order.work_master_id)
@@ -192,6 +200,9 @@ async def assemble(session: AsyncSession, number: str) -> ProductionRecord:
     )
     dev_numbers = {d.id: d.number for d in dev_rows}
     operations = _operations(ops, execs, codes)
+    process_data, environment = await line_data(
+        await session.connection(), _windows(order, operations, now or utc_now())
+    )
     materials = await _materials(session, execs, seq_of_exec)
     parameters = await _parameters(session, order, seq_of_exec, dev_numbers)
     checks = await _checks(session, order, seq_of_exec, dev_numbers)
@@ -242,6 +253,8 @@ async def assemble(session: AsyncSession, number: str) -> ProductionRecord:
         materials=materials,
         parameters=parameters,
         checks=checks,
+        process_data=process_data,
+        environment=environment,
         deviations=dev_public,
         signatures=sigs,
         audit_trail=trail,
@@ -281,6 +294,25 @@ def _operations(
         )
         for op in ops
         for ex in [execs.get(op.id)]
+    ]
+
+
+def _windows(
+    order: WorkOrder, operations: list[OperationRecord], now: datetime
+) -> list[ExecutionWindow]:
+    """The executed operations, each with its interval and its frozen parameter specs."""
+    specs = {spec["seq"]: spec.get("parameters", []) for spec in order.snapshot["operations"]}
+    return [
+        ExecutionWindow(
+            operation_seq=op.seq,
+            unit_code=op.equipment_code,
+            room_code=op.room_code,
+            start=op.started_at,
+            end=op.ended_at or now,
+            parameters=specs.get(op.seq, []),
+        )
+        for op in operations
+        if op.started_at is not None
     ]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from fpdf import FPDF
 
+from mes.telemetry.context import SignalSummary
 from mes.work.record import ProductionRecord
 
 
@@ -72,6 +73,56 @@ class _Pdf(FPDF):
                 row = table.row()
                 for v in values:
                     row.cell(_latin("-" if v is None else v))
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 600 else f"{seconds / 60:.1f} min"
+
+
+def _signals(pdf: _Pdf, summaries: list[SignalSummary]) -> None:
+    """One row per tag and execution: statistics and time outside the limits."""
+    pdf.rows(
+        [
+            "Op",
+            "Tag",
+            "Parameter / room",
+            "Unit",
+            "Values",
+            "Min",
+            "Max",
+            "Mean",
+            "Alert limits",
+            "Action limits",
+            "Outside alert",
+            "Outside action",
+            "No data",
+            "Problem",
+        ],
+        [
+            [
+                x.operation_seq,
+                x.tag,
+                x.parameter or x.room_code,
+                x.uom,
+                x.samples,
+                _num(x.min),
+                _num(x.max),
+                _num(x.mean),
+                f"{_num(x.alert_low)} .. {_num(x.alert_high)}",
+                f"{_num(x.action_low)} .. {_num(x.action_high)}",
+                _duration(x.outside_alert_s),
+                _duration(x.outside_action_s),
+                _duration(x.unknown_s),
+                x.problem,
+            ]
+            for x in summaries
+        ],
+        [8, 58, 26, 10, 12, 14, 14, 14, 22, 22, 18, 18, 15, 26],
+    )
 
 
 def render_pdf(rec: ProductionRecord) -> bytes:
@@ -218,6 +269,10 @@ def render_pdf(rec: ProductionRecord) -> bytes:
         ],
         [10, 35, 15, 80, 25, 35, 20, 57],
     )
+    pdf.section("Process data from the line (batch context)")
+    _signals(pdf, rec.process_data)
+    pdf.section("Environmental conditions of the rooms (PR-5)")
+    _signals(pdf, rec.environment)
     pdf.section("Deviations")
     pdf.rows(
         ["Number", "Kind", "Status", "Op", "Description", "Opened", "Disposition", "Closed by"],

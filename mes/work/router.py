@@ -438,10 +438,10 @@ async def close_work_order(
     tags=["production record"],
 )
 async def get_production_record(
-    number: str, session: SessionDep, _: Reader
+    number: str, ctx: ContextDep, session: SessionDep, _: Reader
 ) -> production_record.ProductionRecord:
     """The production record (device history record) assembled from what was recorded."""
-    return await production_record.assemble(session, number)
+    return await production_record.assemble(session, number, ctx.clock.now())
 
 
 @router.get(
@@ -450,9 +450,11 @@ async def get_production_record(
     responses={200: {"content": {"application/pdf": {}}}},
     tags=["production record"],
 )
-async def get_production_record_pdf(number: str, session: SessionDep, _: Reader) -> Response:
+async def get_production_record_pdf(
+    number: str, ctx: ContextDep, session: SessionDep, _: Reader
+) -> Response:
     """The same record as PDF, with each signature's printed name, UTC time and meaning."""
-    rec = await production_record.assemble(session, number)
+    rec = await production_record.assemble(session, number, ctx.clock.now())
     return Response(
         render_pdf(rec),
         media_type="application/pdf",

@@ -6,8 +6,16 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from connectors.base import Observation, Quality
+from mes.context import AppContext
+from mes.telemetry.config import TagSpec, register_tags
+from mes.telemetry.ingest import Ingest
+from mes.telemetry.spool import Spool
+from mes.telemetry.store import SampleStore
+from tests.conftest import FakeClock
 from tests.mes.work.conftest import Floor, Json, resin_master, sig, suture_master
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -31,11 +39,57 @@ def normal(value: Any) -> Any:
     return value
 
 
+MELT = "CORE/ROP-TRAIN-1/R-101/melt_temp"
+ROOM_RH = "CORE/RM-POLY-01/rh"
+
+
+async def line_data(ctx: AppContext, spool: Path, start: datetime) -> None:
+    """What the reactor's PLC and the room's sensor report around the charge started at
+    ``start``: the melt above its alert limit (175 degC) for 30 s, the room's humidity above
+    its alert limit (30 %) for 10 s; each series has a value standing before the start."""
+    await register_tags(
+        ctx.db,
+        [
+            TagSpec(tag=MELT, uom="degC", equipment="R-101"),
+            TagSpec(tag=ROOM_RH, uom="%", room="RM-POLY-01", alert_high=30, action_high=40),
+        ],
+    )
+    ingest = Ingest(SampleStore(ctx.db), Spool(spool), ctx.clock)
+    series = [
+        (MELT, -60, 158.0),
+        (MELT, 10, 165.0),
+        (MELT, 20, 177.0),
+        (MELT, 50, 171.0),
+        (ROOM_RH, -5, 25.0),
+        (ROOM_RH, 30, 32.0),
+        (ROOM_RH, 40, 26.0),
+    ]
+    await ingest.start()
+    try:
+        await ingest.emit(
+            [
+                Observation(
+                    source="plc-r101",
+                    tag=tag,
+                    value=value,
+                    quality=Quality.good,
+                    source_ts=start + timedelta(seconds=offset),
+                    received_ts=start + timedelta(seconds=offset),
+                )
+                for tag, offset, value in series
+            ]
+        )
+    finally:
+        await ingest.stop()
+
+
 def trail(record: Json) -> list[tuple[str, str, str]]:
     return [(e["username"], e["entity_type"], e["action"]) for e in record["audit_trail"]]
 
 
-async def test_resin_batch_and_suture_order_end_to_end(floor: Floor) -> None:
+async def test_resin_batch_and_suture_order_end_to_end(
+    floor: Floor, ctx: AppContext, clock: FakeClock, tmp_path: Path
+) -> None:
     # --- resin: raw materials, approved master recipe, released order ---------------------
     await floor.released_lot("LLA", "LLA-2611-01", "100", "kg")
     await floor.released_lot("GA", "GA-2611-01", "20", "kg")
@@ -49,6 +103,8 @@ async def test_resin_batch_and_suture_order_end_to_end(floor: Floor) -> None:
     await floor.start(wo, 10, "R-101")
     unit = await floor.get("/equipment/R-101")
     assert unit["status"] == "running"
+    started = (await floor.get(f"/work-orders/{wo}/record"))["operations"][0]["started_at"]
+    await line_data(ctx, tmp_path / "spool.db", datetime.fromisoformat(started))
     await floor.act(
         wo, 10, "consume", body={"scan": "]C0LLA-2611-01", "quantity": "45", "uom": "kg"}
     )
@@ -80,6 +136,7 @@ async def test_resin_batch_and_suture_order_end_to_end(floor: Floor) -> None:
         "machine",
         {"parameters": [{"name": "melt_temp", "value": "162.5", "uom": "degC", "source": "auto"}]},
     )
+    clock.advance(timedelta(minutes=2))  # the charge takes two minutes
     done = await floor.act(wo, 10, "complete", body={"signature": sig("performed")}, if_match=True)
     assert done["operation"]["status"] == "completed"
     assert done["signature"]["manifestation"].startswith("Operator Person (operator) - performed")
@@ -302,6 +359,78 @@ async def test_resin_batch_and_suture_order_end_to_end(floor: Floor) -> None:
                 "username": "operator",
                 "deviation": None,
             }
+        ],
+        # Batch context (PR-5): the line data of each execution's unit and room.
+        "process_data": [
+            {
+                "operation_seq": 10,
+                "tag": MELT,
+                "parameter": "melt_temp",
+                "room_code": None,
+                "critical": True,
+                "uom": "degC",
+                "start": "<ts>",
+                "end": "<ts>",
+                "samples": 3,
+                "min": 165.0,
+                "max": 177.0,
+                "mean": 171.0,
+                "alert_low": 145.0,
+                "alert_high": 175.0,
+                "action_low": 140.0,
+                "action_high": 180.0,
+                "outside_alert_s": 30.0,
+                "outside_action_s": 0.0,
+                "unknown_s": 0.0,
+                "problem": None,
+            }
+        ],
+        "environment": [
+            {
+                "operation_seq": 10,
+                "tag": ROOM_RH,
+                "parameter": None,
+                "room_code": "RM-POLY-01",
+                "critical": False,
+                "uom": "%",
+                "start": "<ts>",
+                "end": "<ts>",
+                "samples": 2,
+                "min": 26.0,
+                "max": 32.0,
+                "mean": 29.0,
+                "alert_low": None,
+                "alert_high": 30.0,
+                "action_low": None,
+                "action_high": 40.0,
+                "outside_alert_s": 10.0,
+                "outside_action_s": 0.0,
+                "unknown_s": 0.0,
+                "problem": None,
+            },
+            {
+                # The devolatilizer ran later in the same room: the humidity stood at 26 %.
+                "operation_seq": 20,
+                "tag": ROOM_RH,
+                "parameter": None,
+                "room_code": "RM-POLY-01",
+                "critical": False,
+                "uom": "%",
+                "start": "<ts>",
+                "end": "<ts>",
+                "samples": 0,
+                "min": None,
+                "max": None,
+                "mean": None,
+                "alert_low": None,
+                "alert_high": 30.0,
+                "action_low": None,
+                "action_high": 40.0,
+                "outside_alert_s": 0.0,
+                "outside_action_s": 0.0,
+                "unknown_s": 0.0,
+                "problem": None,
+            },
         ],
         "deviations": [],
     }
