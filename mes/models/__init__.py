@@ -35,8 +35,10 @@ from mes.models.lot import (
 )
 from mes.models.material import MaterialDefinition, MaterialKind
 from mes.models.telemetry import (
+    AlarmLevel,
     IngestReject,
     TagKind,
+    TelemetryAlarm,
     TelemetryGap,
     TelemetryLatest,
     TelemetrySample,
@@ -60,6 +62,7 @@ from mes.models.work import (
 
 __all__ = [
     "HUMAN_ROLES",
+    "AlarmLevel",
     "ApiKey",
     "AppUser",
     "AuditEntry",
@@ -100,6 +103,7 @@ __all__ = [
     "SterilizationLoad",
     "Sublot",
     "TagKind",
+    "TelemetryAlarm",
     "TelemetryGap",
     "TelemetryLatest",
     "TelemetrySample",

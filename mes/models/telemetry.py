@@ -50,6 +50,10 @@ class TelemetryTag(SQLModel, table=True):
     alert_high: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
     action_low: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
     action_high: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    # An excursion must last this long before it raises an alarm (and a return inside the
+    # limits by ``hysteresis`` this long before it clears): noise does not chatter.
+    alarm_delay_s: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
+    hysteresis: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
     created_at: datetime = utc_field(default_factory=utc_now)
 
 
@@ -113,3 +117,38 @@ class IngestReject(SQLModel, table=True):
     detail: str = Field(default="", max_length=500)
     payload: bytes = Field(default=b"", sa_column=Column(LargeBinary, nullable=False))
     at: datetime = utc_field(default_factory=utc_now)
+
+
+class AlarmLevel(StrEnum):
+    alert = "alert"
+    action = "action"
+
+
+class TelemetryAlarm(SQLModel, table=True):
+    """A tag's value outside a limit for longer than its delay.
+
+    ``started_at`` is the source time of the first value outside, ``raised_at`` when the delay
+    had passed, ``cleared_at`` when the value had been back inside (by the hysteresis) for the
+    delay. Raised during an operation whose parameter the tag supplies, it names the work
+    order and operation; an action-level alarm there opens a deviation.
+    """
+
+    __tablename__ = "telemetry_alarm"
+
+    id: uuid.UUID = id_field()
+    tag: str = Field(max_length=200, index=True)
+    level: AlarmLevel = Field(sa_type=String(10))
+    direction: str = Field(max_length=4)
+    limit_value: float = Field(sa_column=Column(Float, nullable=False))
+    value: float = Field(sa_column=Column(Float, nullable=False))
+    peak: float = Field(sa_column=Column(Float, nullable=False))
+    started_at: datetime = utc_field()
+    raised_at: datetime = utc_field(index=True)
+    cleared_at: datetime | None = utc_field(default=None)
+    work_order_id: uuid.UUID | None = Field(default=None, foreign_key="work_order.id", index=True)
+    operation_id: uuid.UUID | None = Field(default=None, foreign_key="operation.id")
+    parameter: str | None = Field(default=None, max_length=60)
+    deviation_id: uuid.UUID | None = Field(default=None, foreign_key="deviation.id")
+    acknowledged_by: str | None = Field(default=None, max_length=64)
+    acknowledged_at: datetime | None = utc_field(default=None)
+    version: int = Field(default=1, ge=1)

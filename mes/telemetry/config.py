@@ -63,6 +63,8 @@ class TagSpec(BaseModel):
     alert_high: float | None = Field(default=None, allow_inf_nan=False)
     action_low: float | None = Field(default=None, allow_inf_nan=False)
     action_high: float | None = Field(default=None, allow_inf_nan=False)
+    alarm_delay_s: float = Field(default=0.0, ge=0, le=3600)
+    hysteresis: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered_limits(self) -> TagSpec:
@@ -159,6 +161,8 @@ async def register_tags(db: Database, tags: list[TagSpec]) -> dict[str, int]:
                         "alert_high": t.alert_high,
                         "action_low": t.action_low,
                         "action_high": t.action_high,
+                        "alarm_delay_s": t.alarm_delay_s,
+                        "hysteresis": t.hysteresis,
                         "created_at": now,
                     }
                     for t in tags

@@ -255,7 +255,7 @@ async def _unit_tags(conn: AsyncConnection, unit_codes: Iterable[str]) -> dict[s
     return by_unit
 
 
-def _tag_on_unit(spec_tag: str, unit: str | None, unit_tags: dict[str, set[str]]) -> str:
+def tag_on_unit(spec_tag: str, unit: str | None, unit_tags: dict[str, set[str]]) -> str:
     """The tag that supplies a parameter on the unit that ran the operation.
 
     A work master names one unit's tag (``CORE/ROP-TRAIN-1/R-101/melt_temp``); when the
@@ -282,7 +282,7 @@ async def line_data(
     process = [
         Watch(
             operation_seq=w.operation_seq,
-            tag=_tag_on_unit(p["tag"], w.unit_code, unit_tags),
+            tag=tag_on_unit(p["tag"], w.unit_code, unit_tags),
             start=w.start,
             end=w.end,
             limits=parameter_limits(p),

@@ -27,6 +27,7 @@ from connectors.base import Gap, Observation, Rejected
 from mes.clock import Clock
 from mes.ids import uuid7
 from mes.models import TagKind
+from mes.telemetry.alarms import AlarmEngine
 from mes.telemetry.spool import Spool
 from mes.telemetry.store import SampleRow, SampleStore
 
@@ -63,12 +64,14 @@ class Ingest:
         *,
         future_skew: timedelta = timedelta(minutes=5),
         retry_after: timedelta = timedelta(seconds=1),
+        alarms: AlarmEngine | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.clock = clock
         self.future_skew = future_skew
         self.retry_after = retry_after
+        self.alarms = alarms
         self.tags: dict[str, tuple[int, str]] = {}
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.stored = 0
@@ -86,6 +89,8 @@ class Ingest:
         spool still holds batches from before a restart)."""
         await self.spool.open()
         self.tags = await self.store.tag_ids()
+        if self.alarms is not None:
+            await self.alarms.start()
         self._writer = asyncio.create_task(self._write_loop(), name="telemetry-writer")
         if self.spool.pending:
             log.warning("telemetry spool holds %d batches: draining", self.spool.pending)
@@ -234,21 +239,25 @@ class Ingest:
                 continue
             self._inflight = done
             try:
-                await self._commit(rows)
+                in_database = await self._commit(rows)
             except Exception as exc:
                 log.exception("telemetry batch of %d samples not stored", len(rows))
                 done.set_exception(exc)
             else:
                 self.stored += len(rows)
+                if in_database:
+                    # Before the batch counts as done: whoever waited for it sees its alarms.
+                    await self._judge(rows)
                 done.set_result(None)
             finally:
                 self._inflight = None
 
-    async def _commit(self, rows: list[SampleRow]) -> None:
+    async def _commit(self, rows: list[SampleRow]) -> bool:
+        """Store ``rows`` in the database (True) or, while it is unreachable, the spool."""
         if not self.spool.pending and not self._db_down:
             try:
                 await self.store.write(rows)
-                return
+                return True
             except Exception as exc:
                 if not database_unavailable(exc):
                     raise
@@ -256,6 +265,17 @@ class Ingest:
                 self._db_down = True
         await self.spool.append_samples(rows)
         self._start_drain()
+        return False
+
+    async def _judge(self, rows: Sequence[SampleRow]) -> None:
+        # Alarms follow the stored values; a failure to write one is logged and the values
+        # stay stored (the next batch judges again from the state in memory).
+        if self.alarms is None:
+            return
+        try:
+            await self.alarms.process(rows)
+        except Exception:
+            log.exception("alarm evaluation of %d samples failed", len(rows))
 
     async def _keep_rejects(self, rejects: list[dict[str, Any]]) -> None:
         # Best effort: the count and the log line already tell; the stored copy is for
@@ -290,3 +310,5 @@ class Ingest:
                 await asyncio.sleep(self.retry_after.total_seconds())
                 continue
             await self.spool.remove(entry_id)
+            if kind == "samples":
+                await self._judge(body)

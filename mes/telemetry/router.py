@@ -9,26 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import StringConstraints
 
 from mes.clock import UtcDateTime
 from mes.errors import InvalidInput
-from mes.http import ContextDep, LimitQuery, SessionDep
+from mes.http import ContextDep, LimitQuery, SessionDep, VersionDep, etag
 from mes.identity.deps import ANY_HUMAN, Allow
+from mes.models import Role
 from mes.principal import Principal
 from mes.routes import API_PREFIX
-from mes.telemetry import query
+from mes.schemas import InputModel
+from mes.telemetry import alarm_service, query
 from mes.telemetry.config import TAG_PATTERN
-from mes.telemetry.schemas import GapList, SampleSeries, TagList
+from mes.telemetry.schemas import AlarmList, AlarmPublic, GapList, SampleSeries, TagList
 
 router = APIRouter(prefix=API_PREFIX, tags=["telemetry"])
 
 Reader = Annotated[Principal, Depends(Allow(*ANY_HUMAN))]
+Acknowledger = Annotated[Principal, Depends(Allow(Role.supervisor, Role.qa))]
+
+
+class AlarmAcknowledge(InputModel):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+
 
 DEFAULT_WINDOW = timedelta(hours=1)
 LIVE_POLL_S = 1.0
@@ -108,6 +118,41 @@ async def list_gaps(
     conn = await session.connection()
     rows = await query.gaps(conn, source=source, start=start, end=end, limit=limit)
     return {"items": [dict(r._mapping) for r in rows]}
+
+
+@router.get("/alarms", response_model=AlarmList)
+async def list_alarms(
+    session: SessionDep,
+    _: Reader,
+    active: bool | None = None,
+    tag: Annotated[str | None, Query(max_length=200)] = None,
+    work_order: Annotated[str | None, Query(max_length=40)] = None,
+    limit: LimitQuery = 100,
+) -> dict[str, Any]:
+    """Alarms raised on limits, newest first (``active=true``: not yet cleared)."""
+    items = await alarm_service.list_alarms(
+        session, active=active, tag=tag, work_order=work_order, limit=limit
+    )
+    return {"items": items}
+
+
+@router.post("/alarms/{alarm_id}/acknowledge", response_model=AlarmPublic)
+async def acknowledge_alarm(
+    alarm_id: uuid.UUID,
+    body: AlarmAcknowledge,
+    principal: Acknowledger,
+    version: VersionDep,
+    ctx: ContextDep,
+    session: SessionDep,
+    response: Response,
+) -> dict[str, Any]:
+    """Record that a supervisor or QA has seen the alarm (audited; it stays raised until the
+    value is back inside its limits)."""
+    alarm = await alarm_service.acknowledge(
+        session, principal, alarm_id, version, body.reason, ctx.clock.now()
+    )
+    response.headers["ETag"] = etag(alarm["version"])
+    return alarm
 
 
 def _event(row: Any) -> str:

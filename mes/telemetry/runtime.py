@@ -13,6 +13,7 @@ from pathlib import Path
 
 from connectors.host import ConnectorHost
 from mes.context import AppContext
+from mes.telemetry.alarms import AlarmEngine
 from mes.telemetry.config import TelemetryConfig, load_config, register_tags
 from mes.telemetry.ingest import Ingest
 from mes.telemetry.spool import Spool
@@ -41,6 +42,7 @@ class TelemetryRuntime:
             Spool(spool or settings.var_dir / "spool" / "telemetry.db"),
             ctx.clock,
             future_skew=settings.telemetry_future_skew,
+            alarms=AlarmEngine(ctx.db, ctx.clock),
         )
         host = ConnectorHost(
             config.connectors,

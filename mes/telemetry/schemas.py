@@ -71,3 +71,29 @@ class GapPublic(BaseModel):
 
 class GapList(BaseModel):
     items: list[GapPublic]
+
+
+class AlarmPublic(BaseModel):
+    """An alarm: where and how far the value went, when, and who has seen it."""
+
+    id: uuid.UUID
+    tag: str
+    level: str
+    direction: str
+    limit: float
+    value: float
+    peak: float
+    started_at: datetime
+    raised_at: datetime
+    cleared_at: datetime | None
+    active: bool
+    work_order: str | None
+    parameter: str | None
+    deviation: str | None
+    acknowledged_by: str | None
+    acknowledged_at: datetime | None
+    version: int
+
+
+class AlarmList(BaseModel):
+    items: list[AlarmPublic]

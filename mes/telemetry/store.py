@@ -182,6 +182,8 @@ def upsert_tags_stmt(dialect: str) -> Any:
                 "alert_high",
                 "action_low",
                 "action_high",
+                "alarm_delay_s",
+                "hysteresis",
             )
         },
     )

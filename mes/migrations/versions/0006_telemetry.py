@@ -69,6 +69,8 @@ def upgrade() -> None:
         sa.Column("alert_high", sa.Float(), nullable=True),
         sa.Column("action_low", sa.Float(), nullable=True),
         sa.Column("action_high", sa.Float(), nullable=True),
+        sa.Column("alarm_delay_s", sa.Float(), nullable=False),
+        sa.Column("hysteresis", sa.Float(), nullable=False),
         sa.Column("created_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_telemetry_tag")),
         sa.UniqueConstraint("tag", name=op.f("uq_telemetry_tag_tag")),
@@ -111,8 +113,54 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("tag_id", "source_ts", "source", name=op.f("pk_telemetry_sample")),
     )
 
+    op.create_table(
+        "telemetry_alarm",
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("tag", sa.String(length=200), nullable=False),
+        sa.Column("level", sa.String(length=10), nullable=False),
+        sa.Column("direction", sa.String(length=4), nullable=False),
+        sa.Column("limit_value", sa.Float(), nullable=False),
+        sa.Column("value", sa.Float(), nullable=False),
+        sa.Column("peak", sa.Float(), nullable=False),
+        sa.Column("started_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("raised_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("cleared_at", mes.models.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("work_order_id", sa.Uuid(), nullable=True),
+        sa.Column("operation_id", sa.Uuid(), nullable=True),
+        sa.Column("parameter", sa.String(length=60), nullable=True),
+        sa.Column("deviation_id", sa.Uuid(), nullable=True),
+        sa.Column("acknowledged_by", sa.String(length=64), nullable=True),
+        sa.Column("acknowledged_at", mes.models.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["work_order_id"],
+            ["work_order.id"],
+            name=op.f("fk_telemetry_alarm_work_order_id_work_order"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["operation_id"],
+            ["operation.id"],
+            name=op.f("fk_telemetry_alarm_operation_id_operation"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["deviation_id"],
+            ["deviation.id"],
+            name=op.f("fk_telemetry_alarm_deviation_id_deviation"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_telemetry_alarm")),
+    )
+    with op.batch_alter_table("telemetry_alarm", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_telemetry_alarm_raised_at"), ["raised_at"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_telemetry_alarm_tag"), ["tag"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_telemetry_alarm_work_order_id"), ["work_order_id"], unique=False
+        )
+
 
 def downgrade() -> None:
+    op.drop_table("telemetry_alarm")
     op.drop_table("telemetry_sample")
     op.drop_table("telemetry_latest")
     with op.batch_alter_table("telemetry_tag", schema=None) as batch_op:
