@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import entry_points
@@ -28,6 +28,7 @@ from connectors.base import (
     ConnectorContext,
     ConnectorNotReady,
     Emit,
+    Observation,
     Reject,
     ReportGap,
 )
@@ -38,6 +39,14 @@ ENTRY_POINT_GROUP = "mes.connectors"
 def connector_kinds() -> dict[str, type[Connector]]:
     """Every installed connector kind, by name."""
     return {ep.name: ep.load() for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def yaml_path(loc: Sequence[str | int]) -> str:
+    """A validation error's location as a YAML path: ``nodes[1].node_id``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
 
 
 @dataclass(frozen=True)
@@ -63,8 +72,14 @@ def build_specs(
     kinds = connector_kinds() if kinds is None else kinds
     specs: list[ConnectorSpec] = []
     seen: set[str] = set()
+    if not isinstance(entries, Sequence) or isinstance(entries, str | bytes):
+        raise ConnectorConfigError(f"{path}: a list of connectors, not {type(entries).__name__}")
     for index, entry in enumerate(entries):
         where = f"{path}[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ConnectorConfigError(
+                f"{where}: a mapping with name, kind and options, not {entry!r}"
+            )
         name, kind = entry.get("name"), entry.get("kind")
         if not isinstance(name, str) or not name:
             raise ConnectorConfigError(f"{where}.name: a connector needs a name")
@@ -82,7 +97,7 @@ def build_specs(
             config = kinds[kind].Config.model_validate(entry.get("options") or {})
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(part) for part in first["loc"])
+            loc = yaml_path(first["loc"])
             raise ConnectorConfigError(
                 f"{where}.options.{loc}: {first['msg']}"
                 if loc
@@ -116,6 +131,7 @@ class ConnectorHost:
     kinds: Mapping[str, type[Connector]] = field(default_factory=connector_kinds)
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
+    settle_s: float = 5.0
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("connectors.host"))
     health: dict[str, ConnectorHealth] = field(default_factory=dict)
     instances: dict[str, Connector] = field(default_factory=dict)
@@ -139,8 +155,9 @@ class ConnectorHost:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        for health in self.health.values():
-            health.status = "stopped"
+        for name, health in self.health.items():
+            if health.status != "failed":  # a failed connector keeps saying why
+                self._set(name, "stopped")
 
     def _set(self, name: str, status: str, detail: str | None = None) -> None:
         health = self.health[name]
@@ -149,10 +166,24 @@ class ConnectorHost:
 
     async def _supervise(self, spec: ConnectorSpec, connector: Connector) -> None:
         log = self.logger.getChild(spec.name)
+        health = self.health[spec.name]
+
+        def up() -> None:
+            # A connector is up once it delivers values, or has run ``settle_s`` without
+            # failing (a source that is quiet but connected).
+            if health.status in ("starting", "down"):
+                if health.status == "down":
+                    log.info("connector %s (%s) running again", spec.name, spec.kind)
+                self._set(spec.name, "running")
+
+        def emit(observations: Sequence[Observation]) -> Awaitable[None]:
+            up()
+            return self.emit(observations)
+
         ctx = ConnectorContext(
             name=spec.name,
             config=spec.config,
-            emit=self.emit,
+            emit=emit,
             report_gap=self.report_gap,
             reject=self.reject,
             logger=log,
@@ -162,10 +193,7 @@ class ConnectorHost:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
-            was_down = self.health[spec.name].status == "down"
-            self._set(spec.name, "running")
-            if was_down:
-                log.info("connector %s (%s) running again", spec.name, spec.kind)
+            settled = loop.call_later(self.settle_s, up)
             try:
                 await connector.run(ctx)
             except asyncio.CancelledError:
@@ -175,7 +203,7 @@ class ConnectorHost:
                 self._set(spec.name, "failed", f"{type(exc).__name__}: {exc}")
                 return
             except Exception as exc:
-                if self.health[spec.name].status != "down":
+                if health.status != "down":
                     level = logging.WARNING if isinstance(exc, ConnectorNotReady) else logging.ERROR
                     log.log(
                         level,
@@ -184,13 +212,17 @@ class ConnectorHost:
                         exc,
                         exc_info=not isinstance(exc, ConnectorNotReady),
                     )
-                self._set(spec.name, "down", f"{type(exc).__name__}: {exc}")
-                self.health[spec.name].restarts += 1
+                    self._set(spec.name, "down", f"{type(exc).__name__}: {exc}")
+                else:
+                    health.detail = f"{type(exc).__name__}: {exc}"
+                health.restarts += 1
                 if loop.time() - started > self.max_backoff_s:
                     backoff = self.initial_backoff_s  # it had been running well
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
+            finally:
+                settled.cancel()
             log.info("connector %s finished", spec.name)
             self._set(spec.name, "stopped")
             return

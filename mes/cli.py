@@ -29,6 +29,7 @@ from mes.models import Role
 from mes.plant.loader import PlantFileError, load_plant_file
 from mes.principal import system_principal
 from mes.settings import MesSettings, load_settings
+from mes.telemetry.cli import connectors_app, ingest
 
 app = typer.Typer(
     help="Manufacturing execution system for absorbable implants.",
@@ -46,6 +47,8 @@ app.add_typer(users_app, name="users")
 app.add_typer(plant_app, name="plant")
 app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
+app.add_typer(connectors_app, name="connectors")
+app.command("ingest")(ingest)
 
 console = Console()
 err = Console(stderr=True)

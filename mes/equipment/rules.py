@@ -68,6 +68,22 @@ def status_transition_problem(current: EquipmentStatus, target: EquipmentStatus)
     return None
 
 
+# What a machine's own state signal can say; cleaning and maintenance are begun and ended by
+# people, and telemetry does not override them.
+TELEMETRY_STATUSES = frozenset({S.idle, S.running, S.down})
+
+
+def telemetry_status_problem(current: EquipmentStatus, target: EquipmentStatus) -> str | None:
+    """Why a state reported by the equipment's own signal cannot be applied, or None."""
+    if target not in TELEMETRY_STATUSES:
+        return f"telemetry reports only {', '.join(sorted(TELEMETRY_STATUSES))}, not {target}"
+    if target == current:
+        return f"equipment is already {current}"
+    if current in (S.cleaning, S.maintenance):
+        return f"equipment is in {current}, which people end, not telemetry"
+    return None
+
+
 def usability_problems(
     *,
     level: EquipmentLevel,

@@ -517,13 +517,18 @@ async def change_status(
     target: EquipmentStatus,
     reason: str,
     expected_version: int | None,
+    *,
+    by_telemetry: bool = False,
 ) -> Equipment:
+    """Change a unit's status (audited). People follow the manual transitions; the unit's own
+    state signal (``by_telemetry``) moves it among idle, running and down."""
     eq = await get(session, code, lock=True)
     check_version(eq, expected_version, f"equipment {eq.code!r}")
     if EquipmentLevel(eq.level) != EquipmentLevel.unit or eq.status is None:
         raise InvalidTransition(f"{eq.code} is a {eq.level}; only units have a status")
     current = EquipmentStatus(eq.status)
-    problem = rules.status_transition_problem(current, target)
+    check = rules.telemetry_status_problem if by_telemetry else rules.status_transition_problem
+    problem = check(current, target)
     if problem:
         raise InvalidTransition(f"{eq.code}: {problem}", current_status=str(current))
     old, new = apply_update(eq, {"status": target}, ctx.clock.now())

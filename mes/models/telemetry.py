@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Column, Float, ForeignKey, Integer, LargeBinary, String
 from sqlmodel import Field, SQLModel
 
 from mes.clock import utc_now
@@ -25,6 +25,14 @@ class TagKind(StrEnum):
     number = "number"
     boolean = "boolean"
     text = "text"
+
+
+class TagRole(StrEnum):
+    """What a tag drives besides its stored values."""
+
+    equipment_state = "equipment_state"  # the unit's status (idle/running/down), and OEE
+    good_count = "good_count"  # a counter of good parts (OEE quality and performance)
+    reject_count = "reject_count"  # a counter of rejected parts
 
 
 class TelemetryTag(SQLModel, table=True):
@@ -54,6 +62,11 @@ class TelemetryTag(SQLModel, table=True):
     # limits by ``hysteresis`` this long before it clears): noise does not chatter.
     alarm_delay_s: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
     hysteresis: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
+    role: TagRole | None = Field(default=None, sa_type=String(20))
+    # equipment_state: the unit status each reported value means ("RUN" -> running).
+    states: dict[str, str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # good_count: the ideal time per part (OEE performance).
+    ideal_cycle_s: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
     created_at: datetime = utc_field(default_factory=utc_now)
 
 

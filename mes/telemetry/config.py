@@ -31,10 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from sqlalchemy import select
 
 from connectors.base import Connector, ConnectorConfigError
-from connectors.host import ConnectorSpec, build_specs
+from connectors.host import ConnectorSpec, build_specs, yaml_path
 from mes.clock import utc_now
 from mes.db import Database
-from mes.models import Equipment, TagKind
+from mes.models import Equipment, EquipmentStatus, TagKind, TagRole
 from mes.telemetry.store import TAG, upsert_tags_stmt
 
 EQUIPMENT: Any = Equipment.__table__  # type: ignore[attr-defined]
@@ -65,6 +65,9 @@ class TagSpec(BaseModel):
     action_high: float | None = Field(default=None, allow_inf_nan=False)
     alarm_delay_s: float = Field(default=0.0, ge=0, le=3600)
     hysteresis: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    role: TagRole | None = None
+    states: dict[str, EquipmentStatus] | None = None
+    ideal_cycle_s: float | None = Field(default=None, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _ordered_limits(self) -> TagSpec:
@@ -78,6 +81,14 @@ class TagSpec(BaseModel):
                 raise ValueError(f"{low_name} ({low}) must not exceed {high_name} ({high})")
         if known and self.kind != TagKind.number:
             raise ValueError("limits apply to number tags only")
+        if self.role is not None and not self.equipment:
+            raise ValueError(f"a tag with role {self.role} names its equipment")
+        if (self.role == TagRole.equipment_state) != bool(self.states):
+            raise ValueError("states (reported value -> unit status) go with role equipment_state")
+        if self.role in (TagRole.good_count, TagRole.reject_count) and self.kind != TagKind.number:
+            raise ValueError(f"a {self.role} tag is a number")
+        if self.ideal_cycle_s is not None and self.role != TagRole.good_count:
+            raise ValueError("ideal_cycle_s goes with role good_count")
         return self
 
 
@@ -107,7 +118,7 @@ def parse_config(
             spec = TagSpec.model_validate(entry)
         except ValidationError as exc:
             first = exc.errors()[0]
-            loc = ".".join(str(part) for part in first["loc"])
+            loc = yaml_path(first["loc"])
             raise TelemetryConfigError(f"{where}: tags[{index}].{loc}: {first['msg']}") from exc
         if spec.tag in seen:
             raise TelemetryConfigError(f"{where}: tags[{index}].tag: {spec.tag!r} listed twice")
@@ -163,6 +174,9 @@ async def register_tags(db: Database, tags: list[TagSpec]) -> dict[str, int]:
                         "action_high": t.action_high,
                         "alarm_delay_s": t.alarm_delay_s,
                         "hysteresis": t.hysteresis,
+                        "role": t.role.value if t.role else None,
+                        "states": {k: v.value for k, v in t.states.items()} if t.states else None,
+                        "ideal_cycle_s": t.ideal_cycle_s,
                         "created_at": now,
                     }
                     for t in tags

@@ -18,39 +18,29 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
-from typing import Any
-
-import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from typing import Any, Protocol
 
 from connectors.base import Gap, Observation, Rejected
 from mes.clock import Clock
 from mes.ids import uuid7
 from mes.models import TagKind
-from mes.telemetry.alarms import AlarmEngine
 from mes.telemetry.spool import Spool
-from mes.telemetry.store import SampleRow, SampleStore
+from mes.telemetry.store import SampleRow, SampleStore, database_unavailable
 
 log = logging.getLogger(__name__)
 
+
+class Effect(Protocol):
+    """What follows from stored values (alarms, equipment status): started with the ingest,
+    then given every batch once it is in the database."""
+
+    async def start(self) -> None: ...
+
+    async def process(self, rows: Sequence[SampleRow]) -> None: ...
+
+
 MAX_TEXT = 200
 REJECT_PAYLOAD_BYTES = 256
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """True when ``exc`` says the database cannot be reached (as opposed to refusing data)."""
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(
-        exc,
-        OSError
-        | TimeoutError
-        | OperationalError
-        | InterfaceError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.exceptions.OperatorInterventionError,
-    )
 
 
 class Ingest:
@@ -64,14 +54,14 @@ class Ingest:
         *,
         future_skew: timedelta = timedelta(minutes=5),
         retry_after: timedelta = timedelta(seconds=1),
-        alarms: AlarmEngine | None = None,
+        effects: Sequence[Effect] = (),
     ) -> None:
         self.store = store
         self.spool = spool
         self.clock = clock
         self.future_skew = future_skew
         self.retry_after = retry_after
-        self.alarms = alarms
+        self.effects = list(effects)
         self.tags: dict[str, tuple[int, str]] = {}
         self.rejected: Counter[tuple[str, str]] = Counter()
         self.stored = 0
@@ -89,8 +79,8 @@ class Ingest:
         spool still holds batches from before a restart)."""
         await self.spool.open()
         self.tags = await self.store.tag_ids()
-        if self.alarms is not None:
-            await self.alarms.start()
+        for effect in self.effects:
+            await effect.start()
         self._writer = asyncio.create_task(self._write_loop(), name="telemetry-writer")
         if self.spool.pending:
             log.warning("telemetry spool holds %d batches: draining", self.spool.pending)
@@ -268,14 +258,13 @@ class Ingest:
         return False
 
     async def _judge(self, rows: Sequence[SampleRow]) -> None:
-        # Alarms follow the stored values; a failure to write one is logged and the values
-        # stay stored (the next batch judges again from the state in memory).
-        if self.alarms is None:
-            return
-        try:
-            await self.alarms.process(rows)
-        except Exception:
-            log.exception("alarm evaluation of %d samples failed", len(rows))
+        # Alarms and equipment status follow the stored values; a failure of one is logged and
+        # the values stay stored (the next batch is judged from the state in memory).
+        for effect in self.effects:
+            try:
+                await effect.process(rows)
+            except Exception:
+                log.exception("%s of %d samples failed", type(effect).__name__, len(rows))
 
     async def _keep_rejects(self, rejects: list[dict[str, Any]]) -> None:
         # Best effort: the count and the log line already tell; the stored copy is for

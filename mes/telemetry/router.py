@@ -26,9 +26,16 @@ from mes.models import Role
 from mes.principal import Principal
 from mes.routes import API_PREFIX
 from mes.schemas import InputModel
-from mes.telemetry import alarm_service, query
+from mes.telemetry import alarm_service, oee, query
 from mes.telemetry.config import TAG_PATTERN
-from mes.telemetry.schemas import AlarmList, AlarmPublic, GapList, SampleSeries, TagList
+from mes.telemetry.schemas import (
+    AlarmList,
+    AlarmPublic,
+    GapList,
+    OeePublic,
+    SampleSeries,
+    TagList,
+)
 
 router = APIRouter(prefix=API_PREFIX, tags=["telemetry"])
 
@@ -41,6 +48,7 @@ class AlarmAcknowledge(InputModel):
 
 
 DEFAULT_WINDOW = timedelta(hours=1)
+SHIFT = timedelta(hours=8)
 LIVE_POLL_S = 1.0
 LIVE_HEARTBEAT_S = 15.0
 
@@ -118,6 +126,26 @@ async def list_gaps(
     conn = await session.connection()
     rows = await query.gaps(conn, source=source, start=start, end=end, limit=limit)
     return {"items": [dict(r._mapping) for r in rows]}
+
+
+@router.get("/equipment/{code}/oee", response_model=OeePublic, tags=["telemetry"])
+async def equipment_oee(
+    code: Annotated[str, Path(max_length=40)],
+    ctx: ContextDep,
+    session: SessionDep,
+    _: Reader,
+    start: UtcDateTime | None = None,
+    end: UtcDateTime | None = None,
+) -> dict[str, Any]:
+    """Availability, performance, quality and OEE of a unit over a shift (default: the last
+    8 hours), from its state signal and part counters."""
+    end = end or ctx.clock.now()
+    start = start or _before(end, SHIFT, "end")
+    if start >= end:
+        raise InvalidInput("start must be before end", field="start")
+    if end - start > timedelta(days=31):
+        raise InvalidInput("at most 31 days at a time", field="start")
+    return await oee.oee(await session.connection(), code, start, end)
 
 
 @router.get("/alarms", response_model=AlarmList)

@@ -15,6 +15,7 @@ from connectors.host import ConnectorHost
 from mes.context import AppContext
 from mes.telemetry.alarms import AlarmEngine
 from mes.telemetry.config import TelemetryConfig, load_config, register_tags
+from mes.telemetry.equipment_feed import EquipmentFeed
 from mes.telemetry.ingest import Ingest
 from mes.telemetry.spool import Spool
 from mes.telemetry.store import SampleStore
@@ -42,7 +43,7 @@ class TelemetryRuntime:
             Spool(spool or settings.var_dir / "spool" / "telemetry.db"),
             ctx.clock,
             future_skew=settings.telemetry_future_skew,
-            alarms=AlarmEngine(ctx.db, ctx.clock),
+            effects=[AlarmEngine(ctx.db, ctx.clock), EquipmentFeed(ctx)],
         )
         host = ConnectorHost(
             config.connectors,

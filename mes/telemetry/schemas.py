@@ -97,3 +97,22 @@ class AlarmPublic(BaseModel):
 
 class AlarmList(BaseModel):
     items: list[AlarmPublic]
+
+
+class OeePublic(BaseModel):
+    """OEE of one unit over [start, end): seconds per status (``unknown``: no usable state
+    value), parts counted, and the three factors (None where undefined, e.g. no parts)."""
+
+    equipment_code: str
+    start: datetime
+    end: datetime
+    seconds: dict[str, float]
+    planned_s: float
+    running_s: float
+    good: float
+    rejects: float
+    ideal_cycle_s: float | None
+    availability: float | None
+    performance: float | None
+    quality: float | None
+    oee: float | None

@@ -46,15 +46,18 @@ class Spool:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self.pending = 0
 
     async def _call(self, fn: Any, *args: Any) -> Any:
+        if self._executor is None:
+            raise RuntimeError(f"spool {self.path} is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def open(self) -> None:
         """Open (or create, 0600) the spool file and count what it still holds."""
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         await self._call(self._open)
 
     def _open(self) -> None:
@@ -72,7 +75,9 @@ class Spool:
         if self._conn is not None:
             await self._call(self._conn.close)
             self._conn = None
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     async def append_samples(self, rows: Sequence[SampleRow]) -> None:
         """Append one batch of samples; returns once it is on disk."""

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from mes.clock import utc_now
@@ -88,6 +90,22 @@ _SQLITE_SAMPLES = insert(SAMPLE).prefix_with("OR IGNORE")
 _SQLITE_LATEST = _sqlite_latest_stmt()
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` says the database cannot be reached (as opposed to refusing data)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | OperationalError
+        | InterfaceError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.exceptions.OperatorInterventionError,
+    )
+
+
 def newest_per_tag(rows: Sequence[SampleRow]) -> list[SampleRow]:
     """The newest row (by source time) of each tag among ``rows``."""
     newest: dict[int, SampleRow] = {}
@@ -118,12 +136,19 @@ class SampleStore:
         fairy = await conn.get_raw_connection()
         pg = fairy.driver_connection
         assert pg is not None
-        async with pg.transaction():
-            if not fairy.info.get(_STAGE_READY):
-                await pg.execute(_STAGE_DDL)
-            await pg.copy_records_to_table("telemetry_sample_in", records=rows, columns=COLUMNS)
-            await pg.execute(_PG_MOVE)
-            await pg.execute(_PG_LATEST, utc_now())
+        try:
+            async with pg.transaction():
+                if not fairy.info.get(_STAGE_READY):
+                    await pg.execute(_STAGE_DDL)
+                await pg.copy_records_to_table("telemetry_sample_in", records=rows, columns=COLUMNS)
+                await pg.execute(_PG_MOVE)
+                await pg.execute(_PG_LATEST, utc_now())
+        except Exception as exc:
+            # The raw driver is outside SQLAlchemy's disconnect handling: a connection that
+            # failed as a connection is thrown away here, or the pool would hand it out again.
+            if database_unavailable(exc):
+                await conn.invalidate(exc)
+            raise
         fairy.info[_STAGE_READY] = True
 
     async def _write_sqlite(self, conn: AsyncConnection, rows: Sequence[SampleRow]) -> None:
@@ -184,6 +209,9 @@ def upsert_tags_stmt(dialect: str) -> Any:
                 "action_high",
                 "alarm_delay_s",
                 "hysteresis",
+                "role",
+                "states",
+                "ideal_cycle_s",
             )
         },
     )

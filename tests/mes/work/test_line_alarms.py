@@ -32,7 +32,7 @@ async def ingest(floor: Floor, ctx: AppContext, tmp_path: Path) -> AsyncIterator
         SampleStore(ctx.db),
         Spool(tmp_path / "spool.db"),
         ctx.clock,
-        alarms=AlarmEngine(ctx.db, ctx.clock, refresh=timedelta(0)),
+        effects=[AlarmEngine(ctx.db, ctx.clock, refresh=timedelta(0))],
     )
     await pipeline.start()
     yield pipeline
