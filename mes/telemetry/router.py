@@ -26,7 +26,7 @@ from mes.models import Role
 from mes.principal import Principal
 from mes.routes import API_PREFIX
 from mes.schemas import InputModel
-from mes.telemetry import alarm_service, oee, query
+from mes.telemetry import alarm_service, oee, query, setpoints
 from mes.telemetry.config import TAG_PATTERN
 from mes.telemetry.schemas import (
     AlarmList,
@@ -34,12 +34,14 @@ from mes.telemetry.schemas import (
     GapList,
     OeePublic,
     SampleSeries,
+    SetpointDownload,
     TagList,
 )
 
 router = APIRouter(prefix=API_PREFIX, tags=["telemetry"])
 
 Reader = Annotated[Principal, Depends(Allow(*ANY_HUMAN))]
+Operator = Annotated[Principal, Depends(Allow(Role.operator, Role.supervisor))]
 Acknowledger = Annotated[Principal, Depends(Allow(Role.supervisor, Role.qa))]
 
 
@@ -146,6 +148,20 @@ async def equipment_oee(
     if end - start > timedelta(days=31):
         raise InvalidInput("at most 31 days at a time", field="start")
     return await oee.oee(await session.connection(), code, start, end)
+
+
+@router.post(
+    "/operations/{ident}/download-setpoints",
+    response_model=SetpointDownload,
+    tags=["operations"],
+)
+async def download_setpoints(
+    ident: str, principal: Operator, ctx: ContextDep, session: SessionDep
+) -> dict[str, Any]:
+    """Recipe download: the running operation's parameter targets written to its unit's
+    setpoints over OPC UA, each read back; audited; 409 naming the setpoint that was not
+    confirmed (the attempt is audited too)."""
+    return await setpoints.download(ctx, session, principal, ident)
 
 
 @router.get("/alarms", response_model=AlarmList)

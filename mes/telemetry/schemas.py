@@ -116,3 +116,21 @@ class OeePublic(BaseModel):
     performance: float | None
     quality: float | None
     oee: float | None
+
+
+class SetpointResult(BaseModel):
+    parameter: str
+    tag: str
+    value: str
+    uom: str
+    read_back: str | None
+    confirmed: bool
+    error: str | None
+
+
+class SetpointDownload(BaseModel):
+    """Every setpoint of the operation written and read back."""
+
+    work_order: str
+    operation_seq: int
+    setpoints: list[SetpointResult]

@@ -54,6 +54,9 @@ class ParameterSpec(InputModel):
     critical: bool = False
     capture: Capture = "manual"
     tag: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
+    # The unit's setpoint the target is downloaded to when the operation starts (recipe
+    # download: written, read back and audited).
+    setpoint_tag: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
 
     @model_validator(mode="after")
     def _limits(self) -> Self:
@@ -76,6 +79,8 @@ class ParameterSpec(InputModel):
                 raise ValueError(f"critical parameter {self.name!r} needs {', '.join(missing)}")
         if self.capture == "auto" and self.tag is None:
             raise ValueError(f"parameter {self.name!r} is captured automatically: give its tag")
+        if self.setpoint_tag is not None and self.target is None:
+            raise ValueError(f"parameter {self.name!r} downloads a setpoint: give its target")
         return self
 
 
