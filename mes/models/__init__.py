@@ -42,6 +42,7 @@ from mes.models.telemetry import (
     TelemetryAlarm,
     TelemetryGap,
     TelemetryLatest,
+    TelemetryRollup,
     TelemetrySample,
     TelemetryTag,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "TelemetryAlarm",
     "TelemetryGap",
     "TelemetryLatest",
+    "TelemetryRollup",
     "TelemetrySample",
     "TelemetryTag",
     "TransactionKind",

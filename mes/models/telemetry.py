@@ -67,6 +67,9 @@ class TelemetryTag(SQLModel, table=True):
     states: dict[str, str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     # good_count: the ideal time per part (OEE performance).
     ideal_cycle_s: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    # Raw values older than this are deleted once rolled up into hourly aggregates; None keeps
+    # them (the default, and the only choice for values that belong to production records).
+    raw_retention_days: int | None = Field(default=None)
     created_at: datetime = utc_field(default_factory=utc_now)
 
 
@@ -165,3 +168,21 @@ class TelemetryAlarm(SQLModel, table=True):
     acknowledged_by: str | None = Field(default=None, max_length=64)
     acknowledged_at: datetime | None = utc_field(default=None)
     version: int = Field(default=1, ge=1)
+
+
+class TelemetryRollup(SQLModel, table=True):
+    """Good values of one tag over one hour: count, min, max and sum (mean = sum / count).
+
+    Kept when raw values are deleted by retention; recomputed from raw values while they exist,
+    so a value that arrives late (from a spool) still counts.
+    """
+
+    __tablename__ = "telemetry_rollup"
+
+    tag_id: int = Field(sa_column=Column(Integer, ForeignKey("telemetry_tag.id"), primary_key=True))
+    hour_start: datetime = utc_field(primary_key=True)
+    count: int
+    min: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    max: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    sum: float | None = Field(default=None, sa_column=Column(Float, nullable=True))
+    rolled_at: datetime = utc_field()

@@ -68,6 +68,7 @@ class TagSpec(BaseModel):
     role: TagRole | None = None
     states: dict[str, EquipmentStatus] | None = None
     ideal_cycle_s: float | None = Field(default=None, gt=0, le=86400)
+    raw_retention_days: int | None = Field(default=None, ge=1, le=36500)
 
     @model_validator(mode="after")
     def _ordered_limits(self) -> TagSpec:
@@ -89,6 +90,10 @@ class TagSpec(BaseModel):
             raise ValueError(f"a {self.role} tag is a number")
         if self.ideal_cycle_s is not None and self.role != TagRole.good_count:
             raise ValueError("ideal_cycle_s goes with role good_count")
+        if self.raw_retention_days is not None and self.room is not None:
+            raise ValueError(
+                "a room condition belongs to production records (PR-5): its raw values are kept"
+            )
         return self
 
 
@@ -177,6 +182,7 @@ async def register_tags(db: Database, tags: list[TagSpec]) -> dict[str, int]:
                         "role": t.role.value if t.role else None,
                         "states": {k: v.value for k, v in t.states.items()} if t.states else None,
                         "ideal_cycle_s": t.ideal_cycle_s,
+                        "raw_retention_days": t.raw_retention_days,
                         "created_at": now,
                     }
                     for t in tags

@@ -85,7 +85,7 @@ class Window:
     bucket: timedelta | None = None
 
 
-async def _tag_row(conn: AsyncConnection, tag: str) -> Any:
+async def tag_row(conn: AsyncConnection, tag: str) -> Any:
     row = (await conn.execute(select(TAG).where(TAG.c.tag == tag))).first()
     if row is None:
         raise NotFound(f"no tag {tag!r}", field="tag")
@@ -95,7 +95,7 @@ async def _tag_row(conn: AsyncConnection, tag: str) -> Any:
 async def samples(conn: AsyncConnection, tag: str, window: Window) -> dict[str, Any]:
     """The samples of ``tag`` in ``window``: raw (oldest first, at most MAX_RAW, then
     ``truncated``) or, with a bucket, per bucket start: count, min, max, mean (numbers only)."""
-    info = await _tag_row(conn, tag)
+    info = await tag_row(conn, tag)
     in_range = and_(
         SAMPLE.c.tag_id == info.id,
         SAMPLE.c.source_ts >= window.start,

@@ -26,12 +26,13 @@ from mes.models import Role
 from mes.principal import Principal
 from mes.routes import API_PREFIX
 from mes.schemas import InputModel
-from mes.telemetry import alarm_service, oee, query, setpoints
+from mes.telemetry import alarm_service, oee, query, rollup, setpoints
 from mes.telemetry.config import TAG_PATTERN
 from mes.telemetry.schemas import (
     AlarmList,
     AlarmPublic,
     GapList,
+    HourlySeries,
     OeePublic,
     SampleSeries,
     SetpointDownload,
@@ -110,6 +111,42 @@ async def tag_samples(
     """The samples of one tag in [start, end) (default: the last hour), raw or downsampled."""
     window = _window(ctx, start, end, bucket_s)
     return await query.samples(await session.connection(), tag, window)
+
+
+@router.get("/tags/{tag:path}/hourly", response_model=HourlySeries)
+async def tag_hourly(
+    ctx: ContextDep,
+    session: SessionDep,
+    _: Reader,
+    tag: Annotated[str, Path(max_length=200, pattern=TAG_PATTERN)],
+    start: UtcDateTime | None = None,
+    end: UtcDateTime | None = None,
+) -> dict[str, Any]:
+    """The hourly roll-up of one tag (default: the last 7 days): count, min, max, mean of the
+    good values of each hour, kept after raw values are deleted by retention."""
+    end = end or ctx.clock.now()
+    start = start or _before(end, timedelta(days=7), "end")
+    if start >= end:
+        raise InvalidInput("start must be before end", field="start")
+    if end - start > timedelta(days=3660):
+        raise InvalidInput("at most ten years at a time", field="start")
+    conn = await session.connection()
+    info = await query.tag_row(conn, tag)
+    rows = await rollup.hourly(conn, info.id, start, end)
+    return {
+        "tag": tag,
+        "uom": info.uom,
+        "hours": [
+            {
+                "start": r.hour_start,
+                "count": r.count,
+                "min": r.min,
+                "max": r.max,
+                "mean": r.sum / r.count if r.count else None,
+            }
+            for r in rows
+        ],
+    }
 
 
 @router.get("/telemetry/gaps", response_model=GapList)

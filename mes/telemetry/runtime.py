@@ -11,16 +11,21 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
+
 from connectors.host import ConnectorHost
 from mes.context import AppContext
 from mes.telemetry.alarms import AlarmEngine
 from mes.telemetry.config import TelemetryConfig, load_config, register_tags
 from mes.telemetry.equipment_feed import EquipmentFeed
 from mes.telemetry.ingest import Ingest
+from mes.telemetry.rollup import RollupJob
 from mes.telemetry.spool import Spool
 from mes.telemetry.store import SampleStore
 
 log = logging.getLogger(__name__)
+
+ROLLUP_EVERY_S = 60
 
 
 @dataclass
@@ -30,6 +35,8 @@ class TelemetryRuntime:
     config: TelemetryConfig
     ingest: Ingest
     host: ConnectorHost
+    rollup: RollupJob
+    scheduler: AsyncIOScheduler | None = None
 
     @classmethod
     def build(
@@ -38,12 +45,13 @@ class TelemetryRuntime:
         """Wire the runtime from the settings (the telemetry file unless ``config`` is given)."""
         settings = ctx.settings
         config = config or load_config(settings.telemetry_file)
+        rollup = RollupJob(ctx.db, ctx.clock)
         ingest = Ingest(
             SampleStore(ctx.db),
             Spool(spool or settings.var_dir / "spool" / "telemetry.db"),
             ctx.clock,
             future_skew=settings.telemetry_future_skew,
-            effects=[AlarmEngine(ctx.db, ctx.clock), EquipmentFeed(ctx)],
+            effects=[AlarmEngine(ctx.db, ctx.clock), EquipmentFeed(ctx), rollup],
         )
         host = ConnectorHost(
             config.connectors,
@@ -52,20 +60,40 @@ class TelemetryRuntime:
             reject=ingest.reject,
             clock=ctx.clock,
         )
-        return cls(config=config, ingest=ingest, host=host)
+        return cls(config=config, ingest=ingest, host=host, rollup=rollup)
 
     async def start(self, ctx: AppContext) -> None:
         """Register the tags, start ingest, then the connectors."""
         await register_tags(ctx.db, self.config.tags)
         await self.ingest.start()
         self.host.start()
+        # Stateless and idempotent, so a missed or doubled run loses nothing (RELIABILITY 1.4:
+        # no job state in APScheduler's memory store).
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.scheduler.add_job(
+            self._roll_up,
+            "interval",
+            seconds=ROLLUP_EVERY_S,
+            id="telemetry-rollup",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.start()
         log.info(
             "telemetry: %d tags, connectors %s",
             len(self.config.tags),
             ", ".join(f"{s.name} ({s.kind})" for s in self.config.connectors) or "none",
         )
 
+    async def _roll_up(self) -> None:
+        try:
+            await self.rollup.run_once()
+        except Exception:
+            log.exception("telemetry roll-up failed; the next run covers its hours again")
+
     async def stop(self) -> None:
         """Stop the connectors first (no new values), then commit what is queued."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
         await self.host.stop()
         await self.ingest.stop()

@@ -134,3 +134,17 @@ class SetpointDownload(BaseModel):
     work_order: str
     operation_seq: int
     setpoints: list[SetpointResult]
+
+
+class HourPublic(BaseModel):
+    start: datetime
+    count: int
+    min: float | None
+    max: float | None
+    mean: float | None
+
+
+class HourlySeries(BaseModel):
+    tag: str
+    uom: str | None
+    hours: list[HourPublic]

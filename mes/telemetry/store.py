@@ -212,6 +212,7 @@ def upsert_tags_stmt(dialect: str) -> Any:
                 "role",
                 "states",
                 "ideal_cycle_s",
+                "raw_retention_days",
             )
         },
     )

@@ -74,6 +74,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(length=20), nullable=True),
         sa.Column("states", sa.JSON(), nullable=True),
         sa.Column("ideal_cycle_s", sa.Float(), nullable=True),
+        sa.Column("raw_retention_days", sa.Integer(), nullable=True),
         sa.Column("created_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_telemetry_tag")),
         sa.UniqueConstraint("tag", name=op.f("uq_telemetry_tag_tag")),
@@ -161,8 +162,24 @@ def upgrade() -> None:
             batch_op.f("ix_telemetry_alarm_work_order_id"), ["work_order_id"], unique=False
         )
 
+    op.create_table(
+        "telemetry_rollup",
+        sa.Column("tag_id", sa.Integer(), nullable=False),
+        sa.Column("hour_start", mes.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("min", sa.Float(), nullable=True),
+        sa.Column("max", sa.Float(), nullable=True),
+        sa.Column("sum", sa.Float(), nullable=True),
+        sa.Column("rolled_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["tag_id"], ["telemetry_tag.id"], name=op.f("fk_telemetry_rollup_tag_id_telemetry_tag")
+        ),
+        sa.PrimaryKeyConstraint("tag_id", "hour_start", name=op.f("pk_telemetry_rollup")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("telemetry_rollup")
     op.drop_table("telemetry_alarm")
     op.drop_table("telemetry_sample")
     op.drop_table("telemetry_latest")

@@ -1,0 +1,129 @@
+"""Hourly roll-up (idempotent, late values included) and raw-value retention (both databases)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from connectors.base import Observation, Quality
+from mes.context import AppContext
+from mes.telemetry.config import TagSpec, register_tags
+from mes.telemetry.ingest import Ingest
+from mes.telemetry.rollup import RollupJob, hour_floor
+from mes.telemetry.spool import Spool
+from mes.telemetry.store import SampleStore
+from tests.conftest import Actors
+
+OVEN = "LAB/OVEN-1/temp"  # raw values kept one day
+KILN = "LAB/KILN-1/temp"  # raw values kept
+
+
+@pytest.fixture
+async def job(ctx: AppContext) -> RollupJob:
+    return RollupJob(ctx.db, ctx.clock, lookback=timedelta(hours=2))
+
+
+@pytest.fixture
+async def ingest(ctx: AppContext, tmp_path: Path, job: RollupJob) -> AsyncIterator[Ingest]:
+    await register_tags(
+        ctx.db, [TagSpec(tag=OVEN, uom="degC", raw_retention_days=1), TagSpec(tag=KILN)]
+    )
+    pipeline = Ingest(SampleStore(ctx.db), Spool(tmp_path / "s.db"), ctx.clock, effects=[job])
+    await pipeline.start()
+    yield pipeline
+    await pipeline.stop()
+
+
+def value(tag: str, at: datetime, v: float, quality: Quality = Quality.good) -> Observation:
+    return Observation(
+        source="plc", tag=tag, value=v, quality=quality, source_ts=at, received_ts=at
+    )
+
+
+async def hourly(
+    client: httpx.AsyncClient, actors: Actors, tag: str, start: datetime, end: datetime
+) -> list[dict[str, object]]:
+    found = await client.get(
+        f"/api/v1/tags/{tag}/hourly",
+        params={"start": start.isoformat(), "end": end.isoformat()},
+        headers=actors["qa"],
+    )
+    assert found.status_code == 200, found.text
+    hours: list[dict[str, object]] = found.json()["hours"]
+    return hours
+
+
+async def test_roll_up_then_retention(
+    ingest: Ingest,
+    job: RollupJob,
+    ctx: AppContext,
+    client: httpx.AsyncClient,
+    actors: Actors,
+) -> None:
+    now = ctx.clock.now()
+    old = hour_floor(now - timedelta(days=3))
+    recent = hour_floor(now - timedelta(hours=1))
+    await ingest.emit(
+        [
+            value(OVEN, old + timedelta(minutes=5), 1.0),
+            value(OVEN, old + timedelta(minutes=6), 2.0),
+            value(OVEN, old + timedelta(minutes=7), 3.0),
+            value(OVEN, old + timedelta(minutes=8), 99.0, Quality.bad),  # not counted
+            value(OVEN, recent + timedelta(minutes=1), 10.0),
+            value(OVEN, recent + timedelta(minutes=2), 20.0),
+            value(KILN, old + timedelta(minutes=5), 500.0),
+        ]
+    )
+    first = await job.run_once()
+    again = await job.run_once()  # idempotent: the same rows
+    assert first["deleted"] == {OVEN: 4}
+    assert again["deleted"] == {}
+
+    window = (old - timedelta(hours=1), now + timedelta(hours=1))
+    assert await hourly(client, actors, OVEN, *window) == [
+        {
+            "start": old.isoformat().replace("+00:00", "Z"),
+            "count": 3,
+            "min": 1.0,
+            "max": 3.0,
+            "mean": 2.0,
+        },
+        {
+            "start": recent.isoformat().replace("+00:00", "Z"),
+            "count": 2,
+            "min": 10.0,
+            "max": 20.0,
+            "mean": 15.0,
+        },
+    ]
+    raw = await client.get(
+        f"/api/v1/tags/{OVEN}/samples",
+        params={"start": old.isoformat(), "end": (old + timedelta(hours=1)).isoformat()},
+        headers=actors["qa"],
+    )
+    assert raw.json()["samples"] == []  # past retention, rolled up first
+    kiln = await client.get(
+        f"/api/v1/tags/{KILN}/samples",
+        params={"start": old.isoformat(), "end": (old + timedelta(hours=1)).isoformat()},
+        headers=actors["qa"],
+    )
+    assert [s["value"] for s in kiln.json()["samples"]] == [500.0]  # no retention: kept
+
+    # A value older than the lookback arrives late (from a spool): the next run covers it.
+    late = hour_floor(now - timedelta(hours=5))
+    await ingest.emit([value(KILN, late + timedelta(minutes=30), 510.0)])
+    assert job.dirty_since == late + timedelta(minutes=30)
+    await job.run_once()
+    assert job.dirty_since is None
+    hours = await hourly(client, actors, KILN, late, late + timedelta(hours=1))
+    assert [(h["count"], h["mean"]) for h in hours] == [(1, 510.0)]
+
+
+def test_room_conditions_keep_their_raw_values() -> None:
+    with pytest.raises(ValidationError, match="PR-5"):
+        TagSpec(tag="CORE/RM-1/rh", room="RM-1", raw_retention_days=30)
