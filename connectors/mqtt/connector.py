@@ -1,0 +1,552 @@
+"""The MQTT connector: a persistent MQTT session whose messages are acknowledged only
+after the MES has stored what they said.
+
+paho's network thread only appends each message to an inbox and, when the inbox was
+empty, wakes the event loop once; the loop takes the inbox in batches, maps them, calls
+``ctx.emit`` once per batch and sends the batch's PUBACKs when that emit resolved, in
+receipt order (MQTT requires PUBACKs in PUBLISH order). A bounded number of batches may
+be in flight; beyond that the inbox fills, the network thread waits and TCP (or, in MQTT 5,
+the broker's Receive Maximum) holds the rest at the broker instead of in our memory.
+
+``Client.ack`` is safe to call from the event loop: it only appends a PUBACK to paho's
+outgoing ``collections.deque`` (atomic under the GIL) and wakes the network thread through
+its socket pair, exactly like ``publish``. What is not safe is acknowledging on a newer
+connection than the one a message arrived on: packet ids are per connection and may be
+reused for other messages after a reconnect. Every message therefore carries its
+connection generation, and PUBACKs of an older generation are dropped; the broker
+redelivers those messages on the resumed session (at least once, never acked unstored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import BaseModel, ValidationError
+
+from connectors.base import (
+    ConnectorAuthError,
+    ConnectorConfigError,
+    ConnectorContext,
+    ConnectorNotReady,
+    Gap,
+)
+from connectors.mqtt import sparkplug
+from connectors.mqtt.codecs import Payload
+from connectors.mqtt.config import MqttConfig
+from connectors.mqtt.mapping import Mapper, Output
+
+AUTH_REFUSALS = frozenset({134, 135, 138, 140})  # bad credentials, not authorized, banned
+CONFIG_REFUSALS = frozenset({129, 130, 132, 133, 153})  # malformed, protocol, client id
+
+Item = tuple[int, int, str | None, Payload, float, int]
+"""(mid, qos, topic, payload, wall-clock receipt time, connection generation)"""
+Ack = tuple[int, int, int]
+"""(mid, qos, connection generation)"""
+
+
+def _connack_error(reason: ReasonCode, host: str) -> Exception:
+    text = f"broker {host} refused the connection: {reason} ({reason.value})"
+    if reason.value in AUTH_REFUSALS:
+        return ConnectorAuthError(text)
+    if reason.value in CONFIG_REFUSALS:
+        return ConnectorConfigError(text)
+    return ConnectorNotReady(text)
+
+
+def release_wakeup_sockets(client: mqtt.Client) -> None:
+    """Close the socket pair ``loop_start()`` opened to wake its thread.
+
+    paho 2.2 closes it only in ``Client.__del__``; a client caught in a reference cycle is
+    finalised by the garbage collector after its sockets, which then warn "unclosed
+    socket". Call this after ``loop_stop()``.
+    """
+    reset = getattr(client, "_reset_sockets", None)
+    if callable(reset):
+        reset(sockpair_only=True)
+
+
+class MqttConnector:
+    """Entry point ``mqtt``: one instance per configured connector; ``run`` may be called
+    again after it raised, and then reports the gap if the broker lost the session."""
+
+    kind: ClassVar[str] = "mqtt"
+    Config: ClassVar[type[BaseModel]] = MqttConfig
+
+    def __init__(self) -> None:
+        self.last_activity: datetime | None = None
+        """End of the previous run (its last message or its stop), for the restart gap."""
+        self.ready = asyncio.Event()
+        """Set while connected with the subscriptions confirmed (health checks, tests)."""
+        self.sources: set[str] = set()
+        """Sources mapped in earlier runs (a restart gap covers them too)."""
+
+    async def run(self, ctx: ConnectorContext) -> None:
+        config = ctx.config
+        if not isinstance(config, MqttConfig):
+            try:
+                config = MqttConfig.model_validate(config.model_dump())
+            except ValidationError as exc:
+                raise ConnectorConfigError(f"{ctx.name}: {exc}") from exc
+        session = _Session(self, ctx, config, asyncio.get_running_loop())
+        try:
+            await session.run()
+        finally:
+            self.ready.clear()
+            self.last_activity = session.last_activity()
+            self.sources |= session.mapper.router.sources
+
+
+class _Session:
+    """One ``run``: a paho client, its network thread, and the loop-side pipeline."""
+
+    def __init__(
+        self,
+        owner: MqttConnector,
+        ctx: ConnectorContext,
+        config: MqttConfig,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.owner, self.ctx, self.config, self.loop = owner, ctx, config, loop
+        self.v5 = config.protocol == "5"
+        self.mapper = Mapper(config, ctx.name)
+        self.max_items = max(config.receive_maximum, config.max_batch)
+        # Shared with paho's network thread.
+        self._room = threading.Condition()
+        self._inbox: list[Item] = []
+        self._inbox_bytes = 0
+        self._stopping = False
+        self._generation_lock = threading.Lock()
+        self._generation = 0
+        self._connected_once = False
+        self._last_message_at: float | None = None
+        self._connected_at = time.time()
+        self._lost: str | None = None
+        # Event-loop side.
+        self._wakeup = asyncio.Event()
+        self._first_connack: asyncio.Future[bool] = loop.create_future()
+        self._first_suback: asyncio.Future[None] = loop.create_future()
+        self._fatal: asyncio.Future[None] = loop.create_future()
+        self._slots = asyncio.Semaphore(config.max_batches_in_flight)
+        self._pending: asyncio.Queue[tuple[asyncio.Future[None] | None, list[Ack]] | None]
+        self._pending = asyncio.Queue()
+        self._side_tasks: set[asyncio.Future[None]] = set()
+        self._emits: set[asyncio.Future[None]] = set()
+        self._state_ts = sparkplug.now_ms()
+        self.client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            clean_session=None if self.v5 else False,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
+        client.connect_timeout = cfg.connect_timeout
+        if cfg.username is not None:
+            password = cfg.password.get_secret_value() if cfg.password else None
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            client.tls_set_context(cfg.tls.context())
+            client.tls_insecure_set(cfg.tls.insecure)
+        if cfg.sparkplug_host_id is not None:
+            offline = json.dumps({"online": False, "timestamp": self._state_ts})
+            client.will_set(sparkplug.state_topic(cfg.sparkplug_host_id), offline, 1, True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def last_activity(self) -> datetime | None:
+        if not self._connected_once:
+            return self.owner.last_activity
+        return self._wall(self._last_message_at or time.time())
+
+    def _wall(self, seconds: float) -> datetime:
+        """A ``time.time()`` value on the context's clock (tests may shift it)."""
+        offset = self.ctx.clock.now().timestamp() - time.time()
+        return datetime.fromtimestamp(seconds + offset, UTC)
+
+    # --- lifecycle (event loop) -------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.config
+        await self._connect()
+        # The pipeline runs before CONNACK: a resumed session delivers its backlog at once,
+        # and a full inbox would block the network thread before it reads the SUBACK.
+        tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._acknowledge())]
+        self.client.loop_start()
+        try:
+            try:
+                session_present = await asyncio.wait_for(self._first_connack, cfg.connect_timeout)
+                await asyncio.wait_for(self._first_suback, cfg.connect_timeout)
+            except TimeoutError:
+                hint = (
+                    " (an MQTT 3.1.1-only broker such as amqtt ignores MQTT 5)" if self.v5 else ""
+                )
+                raise ConnectorNotReady(
+                    f"no CONNACK/SUBACK from {cfg.host}:{cfg.port} in {cfg.connect_timeout} s{hint}"
+                ) from None
+            self.ctx.logger.info(
+                "mqtt %s connected to %s:%s (session present: %s)",
+                *(self.ctx.name, cfg.host, cfg.port, session_present),
+            )
+            await self._restart_gap(session_present)
+            self.owner.ready.set()
+            done, _ = await asyncio.wait([*tasks, self._fatal], return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                finished.result()
+        finally:
+            await self._shutdown(tasks)
+
+    async def _connect(self) -> None:
+        cfg = self.config
+        kwargs: dict[str, Any] = {"host": cfg.host, "port": cfg.port, "keepalive": cfg.keepalive}
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = cfg.session_expiry
+            props.ReceiveMaximum = cfg.receive_maximum
+            kwargs |= {"clean_start": False, "properties": props}
+        try:
+            await self.loop.run_in_executor(None, functools.partial(self.client.connect, **kwargs))
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectorAuthError(f"broker certificate refused: {exc}") from exc
+        except ssl.SSLError as exc:
+            if "CERTIFICATE" in str(exc).upper():
+                raise ConnectorAuthError(f"TLS certificate refused: {exc}") from exc
+            raise ConnectorNotReady(f"TLS handshake with {cfg.host}:{cfg.port}: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise ConnectorNotReady(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}") from exc
+
+    async def _restart_gap(self, session_present: bool) -> None:
+        previous = self.owner.last_activity
+        if previous is None or session_present:
+            return
+        now = self.ctx.clock.now()
+        reason = (
+            f"connector restarted and broker {self.config.host}:{self.config.port} had no "
+            f"session for client id {self.config.client_id!r} (expired or lost): messages "
+            "published meanwhile were not queued"
+        )
+        for source in self._sources():
+            await self.ctx.report_gap(Gap(source, min(previous, now), now, reason))
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Stop reading, ack what the MES stores within ``stop_timeout``, then disconnect.
+
+        Unacknowledged messages stay in the broker's session and come again next run.
+        """
+        with self._room:
+            self._stopping = True
+            self._room.notify_all()
+        for task in tasks[:1]:
+            task.cancel()
+        self._pending.put_nowait(None)
+        if len(tasks) > 1 and not tasks[1].done():
+            await asyncio.wait(tasks[1:], timeout=self.config.stop_timeout)
+        leftovers: list[asyncio.Future[Any]] = [*tasks, *self._side_tasks, *self._emits]
+        while not self._pending.empty():  # failed emits nobody awaited: retrieve them
+            entry = self._pending.get_nowait()
+            if entry is not None and entry[0] is not None:
+                leftovers.append(entry[0])
+        for future in leftovers:
+            future.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+        if self.config.sparkplug_host_id is not None:
+            offline = json.dumps({"online": False, "timestamp": self._state_ts})
+            topic = sparkplug.state_topic(self.config.sparkplug_host_id)
+            self.client.publish(topic, offline, qos=1, retain=True)
+        self.client.disconnect()
+        await self.loop.run_in_executor(None, self.client.loop_stop)
+        release_wakeup_sockets(self.client)
+        for future in (self._fatal, self._first_connack, self._first_suback):
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()  # retrieved: asyncio would log it as never retrieved
+
+    def _sources(self) -> list[str]:
+        """The sources a connection-level gap covers: every one mapped so far."""
+        return sorted(self.mapper.router.sources | self.owner.sources) or [self.ctx.name]
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._fatal.done():
+            self._fatal.set_exception(exc)
+
+    def _spawn(self, awaitable: Awaitable[None]) -> None:
+        if self._stopping:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            return
+        task = asyncio.ensure_future(awaitable)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Future[None]) -> None:
+        self._side_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(ConnectorNotReady(f"could not record a gap: {task.exception()!r}"))
+
+    # --- paho network thread ----------------------------------------------------------
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self.loop.call_soon_threadsafe(callback, *args)
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self._post(self._refused, reason)
+            return
+        first = not self._connected_once
+        if first or not flags.session_present:
+            self._subscribe(client)
+        if self.config.sparkplug_host_id is not None:
+            online = json.dumps({"online": True, "timestamp": self._state_ts})
+            client.publish(sparkplug.state_topic(self.config.sparkplug_host_id), online, 1, True)
+        self._connected_once = True
+        lost, self._lost = self._lost, None
+        now = time.time()
+        last = self._last_message_at or self._connected_at
+        self._connected_at = now
+        self._post(self._connected, first, flags.session_present, lost, last, now)
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        topics: list[tuple[str, Any]] = []
+        for sub in self.config.subscriptions:
+            if self.v5:
+                # No Local keeps our own rebirth commands away; it is illegal on $share.
+                no_local = sub.shared_group is None and sub.codec == "sparkplug"
+                topics.append((sub.subscribe_filter, SubscribeOptions(sub.qos, no_local)))
+            else:
+                topics.append((sub.subscribe_filter, sub.qos))
+        client.subscribe(topics)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        self._post(self._subscribed, reasons)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._generation_lock:
+            self._generation += 1
+        if self._stopping:
+            return
+        if self._lost is None:
+            self._lost = str(reason)
+        self._post(self._disconnected, str(reason))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic: str | None = message.topic
+        except UnicodeDecodeError:
+            topic = None
+        now = time.time()
+        payload = message.payload
+        room = self._room
+        with room:
+            inbox = self._inbox
+            inbox.append((message.mid, message.qos, topic, payload, now, self._generation))
+            self._inbox_bytes += len(payload)
+            if len(inbox) == 1:
+                self._post(self._wakeup.set)
+            while not self._stopping and (
+                len(inbox) >= self.max_items or self._inbox_bytes >= self.config.max_buffered_bytes
+            ):
+                room.wait(1.0)
+                inbox = self._inbox
+        self._last_message_at = now
+
+    # --- event loop: connection events ------------------------------------------------
+
+    def _refused(self, reason: ReasonCode) -> None:
+        error = _connack_error(reason, f"{self.config.host}:{self.config.port}")
+        if not self._first_connack.done():
+            self._first_connack.set_exception(error)
+        elif isinstance(error, ConnectorAuthError | ConnectorConfigError):
+            self._fail(error)
+        else:
+            self.ctx.logger.warning("mqtt %s: %s; retrying", self.ctx.name, error)
+
+    def _subscribed(self, reasons: Sequence[ReasonCode]) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if not failed:
+            if not self._first_suback.done():
+                self._first_suback.set_result(None)
+            return
+        filters = ", ".join(s.subscribe_filter for s in self.config.subscriptions)
+        text = f"broker refused subscriptions ({filters}): {', '.join(map(str, failed))}"
+        auth = any(r.value == 135 for r in failed)
+        error = ConnectorAuthError(text) if auth else ConnectorConfigError(text)
+        if not self._first_suback.done():
+            self._first_suback.set_exception(error)
+        else:
+            self._fail(error)
+
+    def _disconnected(self, reason: str) -> None:
+        self.owner.ready.clear()
+        if not self._first_connack.done():
+            self._first_connack.set_exception(
+                ConnectorNotReady(
+                    f"broker closed the connection before CONNACK ({reason}); a broker that "
+                    "speaks only MQTT 3.1.1 (amqtt) does this to MQTT 5: set protocol '3.1.1'"
+                )
+            )
+            return
+        self.ctx.logger.warning(
+            "mqtt %s lost the broker %s:%s (%s); reconnecting",
+            self.ctx.name,
+            self.config.host,
+            self.config.port,
+            reason,
+        )
+
+    def _connected(
+        self,
+        first: bool,
+        session_present: bool,
+        lost: str | None,
+        last: float,
+        now: float,
+    ) -> None:
+        if first:
+            if not self._first_connack.done():
+                self._first_connack.set_result(session_present)
+            return
+        self.owner.ready.set()
+        self.ctx.logger.info(
+            "mqtt %s reconnected (session present: %s)", self.ctx.name, session_present
+        )
+        if lost is None:
+            return
+        kept = (
+            "the broker kept the session (session_present=1), but it acknowledged QoS 1 "
+            "from memory and may have lost messages"
+            if session_present
+            else "the broker had lost the session (session_present=0): messages published "
+            "while disconnected were not queued"
+        )
+        reason = f"MQTT connection lost ({lost}); reconnected: {kept}"
+        end = self._wall(now)
+        for source in self._sources():
+            self._spawn(self.ctx.report_gap(Gap(source, min(self._wall(last), end), end, reason)))
+
+    # --- event loop: the pipeline -----------------------------------------------------
+
+    def _take(self) -> list[Item]:
+        with self._room:
+            inbox = self._inbox
+            if len(inbox) <= self.config.max_batch:
+                self._inbox = []
+                items = inbox
+            else:
+                items = inbox[: self.config.max_batch]
+                del inbox[: self.config.max_batch]
+            self._inbox_bytes -= sum(len(item[3]) for item in items)
+            self._room.notify_all()
+        return items
+
+    async def _consume(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while True:
+                await self._slots.acquire()
+                items = self._take()
+                if not items:
+                    self._slots.release()
+                    break
+                out, acks = self._decode(items)
+                for rejected in out.rejects:
+                    self.ctx.reject(rejected)
+                for gap in out.gaps:
+                    await self.ctx.report_gap(gap)
+                for group, edge_node in out.rebirths:
+                    self._request_rebirth(group, edge_node)
+                emitted = None
+                if out.observations:
+                    emitted = asyncio.ensure_future(self.ctx.emit(out.observations))
+                    self._emits.add(emitted)
+                    emitted.add_done_callback(self._emits.discard)
+                self._pending.put_nowait((emitted, acks))
+
+    async def _acknowledge(self) -> None:
+        while True:
+            entry = await self._pending.get()
+            if entry is None:
+                return
+            emitted, acks = entry
+            if emitted is not None:
+                try:
+                    await asyncio.shield(emitted)
+                except asyncio.CancelledError:
+                    if not emitted.cancelled():
+                        raise  # this task is being stopped
+                    raise ConnectorNotReady("emit was cancelled") from None
+                except Exception as exc:
+                    raise ConnectorNotReady(
+                        f"emit failed ({exc!r}); the broker redelivers the unacknowledged "
+                        "messages when the connector reconnects"
+                    ) from exc
+            with self._generation_lock:
+                generation = self._generation
+                ack = self.client.ack
+                for mid, qos, message_generation in acks:
+                    if message_generation == generation:
+                        ack(mid, qos)
+            self._slots.release()
+
+    def _decode(self, items: list[Item]) -> tuple[Output, list[Ack]]:
+        now = self.ctx.clock.now()
+        offset = now.timestamp() - time.time()
+        latest = now + timedelta(seconds=self.config.max_future_skew)
+        out = Output()
+        acks: list[Ack] = [(mid, qos, gen) for mid, qos, _, _, _, gen in items if qos]
+        mapper = self.mapper.map
+        for _, _, topic, payload, at, _ in items:
+            mapper(topic, payload, datetime.fromtimestamp(at + offset, UTC), latest, out)
+        return out, acks
+
+    def _request_rebirth(self, group: str, edge_node: str) -> None:
+        topic = f"{sparkplug.NAMESPACE}/{group}/NCMD/{edge_node}"
+        info = self.client.publish(topic, sparkplug.rebirth_request(), qos=0)
+        self.ctx.logger.info(
+            "mqtt %s asked %s/%s for a rebirth (rc %s)", self.ctx.name, group, edge_node, info.rc
+        )
