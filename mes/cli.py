@@ -29,7 +29,9 @@ from mes.models import Role
 from mes.plant.loader import PlantFileError, load_plant_file
 from mes.principal import system_principal
 from mes.settings import MesSettings, load_settings
+from mes.simulator.cli import simulate
 from mes.telemetry.cli import connectors_app, ingest
+from mes.telemetry.demo import live_plant
 
 app = typer.Typer(
     help="Manufacturing execution system for absorbable implants.",
@@ -49,6 +51,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(keys_app, name="keys")
 app.add_typer(connectors_app, name="connectors")
 app.command("ingest")(ingest)
+app.command("simulate")(simulate)
 
 console = Console()
 err = Console(stderr=True)
@@ -96,6 +99,10 @@ def _main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # The protocol libraries log every request at INFO; the connectors log what matters.
+        for chatty in ("asyncua", "amqtt", "transitions"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 @app.command()
@@ -160,8 +167,26 @@ def demo(
     no_serve: Annotated[
         bool, typer.Option("--no-serve", help="Prepare the demo database and exit.")
     ] = False,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MES_DEMO_BROKER_URL",
+            help="Use this MQTT broker (mqtt://host:port) instead of the embedded one.",
+        ),
+    ] = None,
+    broker_port: Annotated[
+        int, typer.Option(help="Port of the embedded broker (a free one if taken).")
+    ] = 1883,
+    opcua_port: Annotated[
+        int, typer.Option(help="Port of the simulator's OPC UA server (a free one if taken).")
+    ] = 4840,
+    no_plant: Annotated[
+        bool, typer.Option("--no-plant", help="Serve without the plant simulator and ingest.")
+    ] = False,
 ) -> None:
-    """Run the demo: SQLite database in ./var, the plant model loaded, demo users created."""
+    """Run the demo: SQLite database in ./var, the plant model loaded, demo users created, and
+    a live plant: the simulator over OPC UA and MQTT (an embedded broker unless --broker) with
+    its line data ingested."""
     import uvicorn
 
     from mes.app import create_app
@@ -219,7 +244,34 @@ def demo(
     console.print(f"Database:  {database_url_for_display(url)}")
     if no_serve:
         return
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
+    if no_plant:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
+        return
+
+    async def serve_with_plant() -> None:
+        ctx = AppContext.build(settings)
+        try:
+            async with live_plant(
+                ctx, broker_url=broker, broker_port=broker_port, opcua_port=opcua_port
+            ) as plant:
+                where = "embedded amqtt" if plant.embedded_broker else "broker"
+                console.print(
+                    f"Plant:     simulator on {plant.opcua_endpoint} (OPC UA) and "
+                    f"mqtt://{plant.broker[0]}:{plant.broker[1]} ({where}); "
+                    f"live values at {base}/api/v1/tags"
+                )
+                app = create_app(settings, context=ctx, migrate=False)
+                server = uvicorn.Server(
+                    uvicorn.Config(app, host=host, port=port, log_level=settings.log_level)
+                )
+                await server.serve()
+        finally:
+            await ctx.close()
+
+    try:
+        asyncio.run(serve_with_plant())
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
 
 
 # --- db ------------------------------------------------------------------------------------------

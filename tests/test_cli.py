@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,66 @@ def test_keys_create_prints_secret_once(cli_env: dict[str, str]) -> None:
     result = mes(cli_env, "keys", "create", "gw-7", "--source", "gw-7")
     assert result.returncode == 0, result.stderr
     assert "mes_" in result.stdout
+
+
+WANTED = (
+    "CORE/ROP-TRAIN-1/R-101/melt_temp",  # OPC UA
+    "CORE/RM-BRD-01/rh",  # MQTT, JSON
+    "CORE/IM-CELL-1/IM-501/good_count",  # MQTT, Sparkplug B
+)
+
+
+def test_demo_shows_live_values_from_the_simulator(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """The demo's plant (simulator, embedded amqtt broker, ingest) fills the tags within
+    seconds: OPC UA units, MQTT rooms (JSON) and moulding machines (Sparkplug B)."""
+    import httpx
+
+    port = _free_port()
+    log = (tmp_path / "demo.log").open("w")
+    demo = subprocess.Popen(
+        [MES, "demo", "--port", str(port), "--broker-port", "0", "--opcua-port", "0"],
+        env=cli_env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/api/v1"
+        deadline = time.monotonic() + 120
+        token = None
+        fresh: set[str] = set()
+        while time.monotonic() < deadline and demo.poll() is None:
+            time.sleep(1)
+            try:
+                if token is None:
+                    login = httpx.post(
+                        f"{base}/auth/token",
+                        data={"username": "qa", "password": "demo-pass-2026!"},
+                    )
+                    if login.status_code != 200:
+                        continue
+                    token = login.json()["access_token"]
+                tags = httpx.get(f"{base}/tags", headers={"Authorization": f"Bearer {token}"})
+            except httpx.TransportError:
+                continue
+            fresh = {t["tag"] for t in tags.json()["items"] if t["value"] is not None}
+            if set(WANTED) <= fresh:
+                break
+        assert demo.poll() is None, (tmp_path / "demo.log").read_text()
+        assert set(WANTED) - fresh == set()
+    finally:
+        demo.terminate()
+        try:
+            demo.wait(30)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait(10)
+        log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

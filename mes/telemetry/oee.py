@@ -123,9 +123,10 @@ async def oee(conn: AsyncConnection, code: str, start: datetime, end: datetime) 
         )
     good, rejects = counts[TagRole.good_count], counts[TagRole.reject_count]
     made = good + rejects
-    window = (end - start).total_seconds()
-    planned = (
-        window - durations.get(EquipmentStatus.maintenance, 0.0) - durations.get("unknown", 0.0)
+    planned = sum(
+        seconds
+        for status, seconds in durations.items()
+        if status not in (EquipmentStatus.maintenance, "unknown")
     )
     running = durations.get(EquipmentStatus.running, 0.0)
     good_tag = tags.get(TagRole.good_count)
