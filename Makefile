@@ -28,7 +28,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy mes connectors
 
-test-sqlite: $(STAMP)
+test-sqlite: $(STAMP) services
 	MES_TEST_DATABASE=sqlite $(BIN)/pytest
 
 test-postgresql: $(STAMP) services
