@@ -7,6 +7,8 @@ effective prefix, which is what the permission check, the OpenAPI patch and the 
 
 from __future__ import annotations
 
+import re
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,12 +25,16 @@ def route_contexts(app: FastAPI | Any) -> Iterator[Any]:
     yield from iter_route_contexts(routes)
 
 
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
+
+
 def api_routes(app: FastAPI) -> Iterator[tuple[str, str, Any]]:
-    """(method, path, route) for every FastAPI route under ``/api/``."""
+    """(method, path, route) for every FastAPI route under ``/api/``; a path parameter with a
+    converter is named as OpenAPI names it (``{tag:path}`` is ``{tag}``)."""
     for context in route_contexts(app):
         if not isinstance(context.original_route, APIRoute):
             continue
-        path = context.path or ""
+        path = _CONVERTER.sub(r"{\1}", context.path or "")
         if not path.startswith("/api/"):
             continue
         for method in sorted(context.methods or ()):
