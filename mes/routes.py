@@ -8,7 +8,6 @@ effective prefix, which is what the permission check, the OpenAPI patch and the 
 from __future__ import annotations
 
 import re
-import re
 from collections.abc import Iterator
 from typing import Any
 

@@ -567,9 +567,21 @@ def _observation(
         quality = (
             Quality.good if status >= 192 else Quality.uncertain if status >= 64 else Quality.bad
         )
-    flags = frozenset(f for f in ("historical", "transient") if getattr(metric, f"is_{f}"))
+    flags = _flags(metric.is_historical, metric.is_transient)
     tag = known.tag or ""
     return Observation(known.source, tag, value, quality, source_ts, m.received, seq, status, flags)
+
+
+_NO_FLAGS: frozenset[str] = frozenset()
+
+
+def _flags(historical: bool, transient: bool) -> frozenset[str]:
+    # Most metrics carry neither flag: no set is built for them (a per-metric hot path).
+    if not historical and not transient:
+        return _NO_FLAGS
+    return frozenset(
+        name for name, on in (("historical", historical), ("transient", transient)) if on
+    )
 
 
 def _stale(scope: _Scope, when: datetime, received: datetime, out: HostOutput) -> None:

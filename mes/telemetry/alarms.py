@@ -197,9 +197,10 @@ class AlarmEngine:
         if self._loaded_at is None or now - self._loaded_at >= self.refresh:
             await self._load_rules()
         events: list[Event] = []
-        for row in sorted(rows, key=lambda r: (r.tag_id, r.source_ts)):
-            rule = self.rules.get(row.tag_id)
-            if rule is None or row.value_num is None or row.quality != "good":
+        judged = [r for r in rows if r.tag_id in self.rules]
+        for row in sorted(judged, key=lambda r: (r.tag_id, r.source_ts)):
+            rule = self.rules[row.tag_id]
+            if row.value_num is None or row.quality != "good":
                 continue
             for level in (AlarmLevel.alert, AlarmLevel.action):
                 state = self.states.setdefault((row.tag_id, level), _State())

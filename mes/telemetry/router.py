@@ -254,15 +254,23 @@ async def live(
     equipment_code: str | None = None,
     room_code: str | None = None,
     tag: Annotated[list[str] | None, Query(max_length=200)] = None,
+    max_s: Annotated[
+        float, Query(gt=0, le=86400, description="End the stream after this many seconds")
+    ] = 3600,
 ) -> StreamingResponse:
     """Live values as Server-Sent Events: every selected tag's latest value first, then each
-    newly stored value (``event: value``, JSON data), checked every second."""
+    newly stored value (``event: value``, JSON data), checked every second. The stream ends
+    after ``max_s`` (an hour by default); an EventSource reconnects by itself and gets the
+    latest values again."""
 
     async def stream() -> AsyncIterator[str]:
         since: datetime | None = None
         sent: dict[str, datetime | None] = {}
         idle = 0.0
-        while not await request.is_disconnected():
+        loop = asyncio.get_running_loop()
+        until = loop.time() + max_s
+        yield "retry: 1000\n\n"
+        while not await request.is_disconnected() and loop.time() < until:
             polled_at = ctx.clock.now()
             async with ctx.db.engine.connect() as conn:
                 rows = await query.tags(
@@ -283,7 +291,7 @@ async def live(
             if idle >= LIVE_HEARTBEAT_S:
                 idle = 0.0
                 yield ": keep-alive\n\n"
-            await asyncio.sleep(LIVE_POLL_S)
+            await asyncio.sleep(min(LIVE_POLL_S, max(0.0, until - loop.time())))
 
     return StreamingResponse(
         stream(),

@@ -76,12 +76,14 @@ def concrete_url(path: str, route: Any) -> str:
 async def call(
     client: httpx.AsyncClient, method: str, path: str, route: Any, headers: dict[str, str]
 ) -> httpx.Response:
-    """The request of the matrix: a dummy body for writes and no If-Match header."""
+    """The request of the matrix: a dummy body for writes and no If-Match header; the live
+    event stream is asked to end at once."""
     return await client.request(
         method,
         concrete_url(path, route),
         headers=headers,
         json={} if method in BODY_METHODS else None,
+        params={"max_s": 0.01} if path == "/api/v1/live" else None,
     )
 
 
