@@ -293,11 +293,19 @@ class OpcUaConnector:
         self._last_publish_at = now
         seq = message.SequenceNumber
         if sub.last_seq is not None and seq > sub.last_seq + 1:
+            missing = range(sub.last_seq + 1, seq)
             try:
-                await self._republish(sub, range(sub.last_seq + 1, seq), previous or now)
-            except Exception:
-                # asyncua would swallow this and acknowledge the message undelivered.
+                await self._republish(sub, missing, previous or now)
+            except Exception as exc:
+                # asyncua would swallow this and acknowledge the message undelivered; the
+                # messages it could not fetch again are a gap.
                 self.ctx.logger.exception("opcua %s: republish failed", self.ctx.name)
+                with contextlib.suppress(Exception):
+                    await self._report_gap(
+                        previous or now,
+                        f"{len(missing)} notification message(s) of subscription "
+                        f"{sub.server_id} missing; republishing failed: {exc!r}",
+                    )
             # A keep-alive carries the next sequence number: everything before is settled.
             sub.last_seq = max(sub.last_seq or 0, seq - 1)
         if message.NotificationData:

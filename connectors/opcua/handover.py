@@ -26,6 +26,7 @@ class Handover:
         self._batch_size = batch_size
         self._max_buffered = max_buffered
         self._pending: list[Observation] = []
+        self._in_hand: list[Observation] = []
         self._wake = asyncio.Event()
         self._stopping = False
         self._refused: tuple[datetime, datetime, int] | None = None
@@ -60,7 +61,10 @@ class Handover:
             self._wake.clear()
             batch, self._pending = self._pending, []
             for start in range(0, len(batch), self._batch_size):
+                # What is not yet stored, should this task be cancelled mid-batch.
+                self._in_hand = batch[start:]
                 await self._emit(batch[start : start + self._batch_size], batch[start:])
+            self._in_hand = []
             if self._refused is not None:
                 first, last, count = self._refused
                 self._refused = None
@@ -101,8 +105,11 @@ class Handover:
                 await asyncio.wait_for(task, timeout_s)
         elif not task.cancelled() and task.exception() is not None:
             self._ctx.logger.debug("%s: hand-over ended: %r", self._ctx.name, task.exception())
-        if self._pending:
+        in_hand, self._in_hand = self._in_hand, []
+        if in_hand or self._pending:
             self._ctx.logger.error(
-                "%s: %d values not stored at shutdown", self._ctx.name, len(self._pending)
+                "%s: %d values not stored at shutdown",
+                self._ctx.name,
+                len(in_hand) + len(self._pending),
             )
-            self._lose([])
+            self._lose(in_hand)

@@ -97,11 +97,10 @@ class Ingest:
         await self.spool.close()
 
     async def flush(self) -> None:
-        """Wait until everything emitted so far is durable (or has failed)."""
-        while True:
-            waiting = [f for f in (self._inflight, self._done) if f is not None and not f.done()]
-            if not waiting:
-                return
+        """Wait until everything emitted before the call is durable (or has failed); values
+        emitted meanwhile are not waited for, so a steady stream cannot keep it waiting."""
+        waiting = [f for f in (self._inflight, self._done) if f is not None and not f.done()]
+        if waiting:
             await asyncio.wait(waiting)
 
     # -- the connector's sinks -------------------------------------------------------------
@@ -117,7 +116,9 @@ class Ingest:
         if self._done is None:
             self._done = asyncio.get_running_loop().create_future()
         self._wake.set()
-        return self._done
+        # Shared by every caller of this batch: one caller cancelling its wait must not
+        # cancel the batch for the others (nor the writer's result).
+        return asyncio.shield(self._done)
 
     async def report_gap(self, gap: Gap) -> None:
         """Store a gap record (in the spool while the database is down)."""
@@ -232,13 +233,15 @@ class Ingest:
                 in_database = await self._commit(rows)
             except Exception as exc:
                 log.exception("telemetry batch of %d samples not stored", len(rows))
-                done.set_exception(exc)
+                if not done.done():
+                    done.set_exception(exc)
             else:
                 self.stored += len(rows)
                 if in_database:
                     # Before the batch counts as done: whoever waited for it sees its alarms.
                     await self._judge(rows)
-                done.set_result(None)
+                if not done.done():
+                    done.set_result(None)
             finally:
                 self._inflight = None
 

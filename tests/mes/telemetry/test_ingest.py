@@ -167,3 +167,18 @@ def test_config_errors_name_the_yaml_path() -> None:
         parse_config({"connectors": [{"name": "c", "kind": "opcx"}]}, kinds={})
     with pytest.raises(TelemetryConfigError, match="unknown keys"):
         parse_config({"tagz": []}, kinds={})
+
+
+async def test_a_caller_giving_up_does_not_cancel_the_batch(
+    ctx: AppContext, ingest: Ingest
+) -> None:
+    """Every caller of a batch waits on it; one of them cancelled (a connector stopping) must
+    not cancel the batch for the others nor stop the writer."""
+    import asyncio
+
+    impatient = asyncio.ensure_future(ingest.emit([obs("R-101/melt_temp", 150.0, T0)]))
+    patient = ingest.emit([obs("R-101/melt_temp", 151.0, T0 + timedelta(seconds=1))])
+    impatient.cancel()
+    await patient
+    await ingest.emit([obs("R-101/melt_temp", 152.0, T0 + timedelta(seconds=2))])
+    assert [row[1] for row in await samples(ctx)] == [150.0, 151.0, 152.0]
