@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -55,9 +54,11 @@ class Publisher:
         )
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(0.1, 1)
-        self.acked: set[int] = set()
+        # Written by paho's network thread (set.add is atomic); no lock is held around
+        # ``publish``, which takes paho's own locks - the network thread holds one of them
+        # while it calls ``on_publish``.
+        self._acked_mids: set[int] = set()
         self.mids: dict[int, int] = {}
-        self._lock = threading.Lock()
         self.client.on_publish = self._on_publish
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600
@@ -66,18 +67,19 @@ class Publisher:
         self.sent = 0
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, *args: object) -> None:
-        with self._lock:
-            number = self.mids.get(mid)
-            if number is not None:
-                self.acked.add(number)
+        self._acked_mids.add(mid)
+
+    @property
+    def acked(self) -> set[int]:
+        """The messages (by number) the broker has acknowledged."""
+        return {self.mids[mid] for mid in list(self._acked_mids) if mid in self.mids}
 
     def publish(self, number: int) -> None:
         payload = json.dumps(
             {"ts": (T0 + timedelta(milliseconds=number)).isoformat(), "value": number}
         )
-        with self._lock:
-            info = self.client.publish(f"line/p1/v{number % len(TAGS)}", payload, qos=1)
-            self.mids[info.mid] = number
+        info = self.client.publish(f"line/p1/v{number % len(TAGS)}", payload, qos=1)
+        self.mids[info.mid] = number
         self.sent += 1
 
     def stream(self, numbers: range, pause_s: float = 0.002) -> None:
