@@ -110,6 +110,26 @@ class MesSettings(BaseSettings):
     # A value stamped further ahead of the server's clock than this is refused.
     telemetry_future_skew: timedelta = timedelta(minutes=5)
 
+    # Background jobs (mes/background): run in this process too (``mes serve``, ``mes demo``);
+    # a database lease lets exactly one process of a deployment run them at a time.
+    background_enabled: bool = True
+    background_lease_ttl: timedelta = timedelta(seconds=60)
+
+    # Scheduling (mes/scheduling).
+    # Operations starting within this much of a run's horizon start keep their published slot.
+    schedule_firm_horizon: timedelta = timedelta(hours=2)
+    # A periodic full scheduling run (a background job); none: planners start runs.
+    schedule_every: timedelta | None = None
+    # Publish repair runs (after a breakdown or a late operation) without a planner.
+    schedule_auto_publish_repairs: bool = False
+    schedule_repair_time_limit_s: int = Field(default=10, ge=1, le=600)
+    # An operation this late against its published plan triggers a repair run.
+    schedule_late_after: timedelta = timedelta(minutes=30)
+    # Where solver runs execute: a worker process (the API keeps its cores' worth of GIL) or
+    # a thread.
+    schedule_executor: Literal["process", "thread"] = "process"
+    schedule_solver_workers: int = Field(default=2, ge=1, le=64)
+
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     idempotency_ttl: timedelta = timedelta(hours=24)
 

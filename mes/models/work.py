@@ -142,6 +142,10 @@ class Operation(VersionedRecord, table=True):
     equipment_id: uuid.UUID | None = Field(default=None, foreign_key="equipment.id", index=True)
     planned_start: datetime | None = utc_field(default=None)
     planned_end: datetime | None = utc_field(default=None)
+    # The unit and the run of the published schedule (no foreign keys: added to a table that
+    # others reference, which SQLite could only do by rebuilding it).
+    planned_equipment_id: uuid.UUID | None = Field(default=None)
+    schedule_run_id: uuid.UUID | None = Field(default=None)
     needs_reschedule: bool = False
     reschedule_reason: str | None = Field(default=None, max_length=1000)
     clearance_equipment_id: uuid.UUID | None = Field(default=None, foreign_key="equipment.id")

@@ -101,6 +101,9 @@ class OperationSpec(InputModel):
     changeover_family: Annotated[str, StringConstraints(min_length=1, max_length=40)] | None = None
     cleaning_min: Minutes = Decimal(0)
     transfer_lag_min: Minutes = Decimal(0)
+    # How much of this operation the next one may overlap (it starts once the rest is left,
+    # and never ends before this one plus the transfer lag).
+    overlap_pct: Annotated[Decimal, Field(ge=0, le=100)] = Decimal(0)
     bom: list[BomLine] = Field(default_factory=list, max_length=50)
     parameters: list[ParameterSpec] = Field(default_factory=list, max_length=100)
     checks: list[CheckSpec] = Field(default_factory=list, max_length=50)

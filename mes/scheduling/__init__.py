@@ -1,0 +1,1 @@
+"""Finite-capacity scheduling of work orders (CP-SAT), rescheduling, calendars, changeovers."""
