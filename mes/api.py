@@ -12,6 +12,8 @@ from mes.identity import router as identity
 from mes.lot import router as lot
 from mes.material import router as material
 from mes.routes import API_PREFIX
+from mes.scheduling import resource_router as scheduling_resources
+from mes.scheduling import router as scheduling
 from mes.signature import router as signature
 from mes.telemetry import router as telemetry
 from mes.udi import router as udi
@@ -26,6 +28,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     identity.router,
     equipment.router,
     material.router,
+    scheduling_resources.router,
+    scheduling.router,
     udi.router,
     signature.router,
     audit.router,

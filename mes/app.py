@@ -11,11 +11,13 @@ from fastapi.middleware.cors import CORSMiddleware
 
 import mes
 from mes.api import install_routes
+from mes.background.runner import BackgroundRunner
 from mes.context import AppContext
 from mes.http import RequestGuard, install_error_handlers
 from mes.identity.deps import check_route_permissions
 from mes.migrate import upgrade
 from mes.openapi import install_openapi
+from mes.scheduling.runner import SolverRunner
 from mes.settings import MesSettings, load_settings
 
 log = logging.getLogger(__name__)
@@ -46,10 +48,23 @@ def create_app(
         if migrate:
             await upgrade(ctx.db.engine)
         app.state.mes = ctx
+        # Every process may run the background runner; the lease lets one of them do the work
+        # (mes/background). A deployment with a `mes background` role turns it off here.
+        runner = BackgroundRunner(ctx) if ctx.settings.background_enabled else None
+        if runner is not None:
+            await runner.start()
+        if ctx.settings.schedule_runner_enabled and ctx.solver is None:
+            ctx.solver = SolverRunner(ctx)
+            ctx.solver.start()
         log.info("MES %s ready on %s", mes.__version__, ctx.db.dialect)
         try:
             yield
         finally:
+            if ctx.solver is not None:
+                await ctx.solver.stop()
+                ctx.solver = None
+            if runner is not None:
+                await runner.stop()
             if context is None:
                 await ctx.close()
 

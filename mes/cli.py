@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 import mes
+from mes.background.jobs import JOBS
 from mes.context import AppContext
 from mes.db import database_url_for_display
 from mes.demo import seed_history, seed_work
@@ -101,7 +103,8 @@ def _main(
     )
     if not verbose:
         # The protocol libraries log every request at INFO; the connectors log what matters.
-        for chatty in ("asyncua", "amqtt", "transitions"):
+        # APScheduler logs every run of every background job at INFO; the jobs log what they did.
+        for chatty in ("asyncua", "amqtt", "transitions", "apscheduler"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
@@ -191,7 +194,9 @@ def demo(
 
     from mes.app import create_app
 
-    settings = load_settings(host=host, port=port)
+    # The server runs the background jobs itself (due orders, equipment due dates, the
+    # telemetry roll-up): the demo has no separate `mes background` process.
+    settings = load_settings(host=host, port=port, background_enabled=True)
     url = settings.database_url
     if settings.env == "production":
         raise _fail("the demo never runs with MES_ENV=production")
@@ -244,6 +249,7 @@ def demo(
     console.print(f"Database:  {database_url_for_display(url)}")
     if no_serve:
         return
+    console.print(f"Jobs:      {', '.join(s.name for s in JOBS if s.enabled(settings))}")
     if no_plant:
         uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
         return
@@ -272,6 +278,84 @@ def demo(
         asyncio.run(serve_with_plant())
     except ValueError as exc:
         raise _fail(str(exc)) from exc
+
+
+# --- background ----------------------------------------------------------------------------------
+
+
+@app.command()
+def background(
+    once: Annotated[
+        str | None,
+        typer.Option("--once", metavar="NAME", help="Run this job once now and exit."),
+    ] = None,
+    list_jobs: Annotated[bool, typer.Option("--list", help="List the jobs and exit.")] = False,
+) -> None:
+    """Run the background jobs until SIGTERM or Ctrl-C: due work orders made ready, units past
+    a calibration, maintenance or qualification date taken out of use, the telemetry roll-up,
+    scheduling runs. Any number may run: a database lease lets one of them do the work and
+    another take over when it stops. Runs whatever MES_BACKGROUND_ENABLED says (that setting
+    is for the API processes)."""
+    from mes.background.runner import BackgroundRunner
+    from mes.scheduling.runner import SolverRunner
+
+    settings = load_settings()
+    if list_jobs:
+        table = Table(title="background jobs")
+        table.add_column("job")
+        table.add_column("every", justify="right")
+        table.add_column("enabled")
+        for spec in JOBS:
+            enabled = spec.enabled(settings)
+            every = f"{spec.interval(settings).total_seconds():g} s" if enabled else "-"
+            table.add_row(spec.name, every, "yes" if enabled else "no (settings)")
+        console.print(table)
+        return
+
+    async def run(ctx: AppContext) -> None:
+        if await current_revision(ctx.db.engine) != head_revision():
+            raise _fail("the database schema is not current: run `mes db upgrade`")
+        runner = BackgroundRunner(ctx)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await runner.start()
+        if settings.schedule_runner_enabled:
+            # The scheduler role also solves queued scheduling runs (with the API processes).
+            ctx.solver = SolverRunner(ctx)
+            ctx.solver.start()
+        console.print(
+            f"background: {', '.join(runner.jobs)} as {runner.lease.holder} "
+            f"({'lease holder' if runner.is_leader else 'standby'}) "
+            f"- database {database_url_for_display(settings.database_url)}"
+        )
+        try:
+            await stop.wait()
+        finally:
+            if ctx.solver is not None:
+                await ctx.solver.stop()
+            await runner.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    if once is None:
+        _run(settings, run)
+        return
+    name = once
+
+    async def run_one(ctx: AppContext) -> object:
+        return await BackgroundRunner(ctx).run_once(name)
+
+    try:
+        result = _run(settings, run_one)
+    except typer.Exit:
+        raise
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    except Exception as exc:  # the job's own error, shown to whoever ran it
+        raise _fail(f"{name}: {type(exc).__name__}: {exc}") from exc
+    console.print(f"{name}: done {result if result is not None else ''}".rstrip())
 
 
 # --- db ------------------------------------------------------------------------------------------

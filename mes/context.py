@@ -11,12 +11,16 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mes.clock import Clock, SystemClock
 from mes.db import Database
 from mes.identity.passwords import PasswordHasher
 from mes.identity.tokens import TokenService
 from mes.settings import MesSettings
+
+if TYPE_CHECKING:
+    from mes.scheduling.runner import SolverRunner
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,8 @@ class AppContext:
     clock: Clock = field(default_factory=SystemClock)
     started_at: datetime | None = None
     components: dict[str, ComponentHealth] = field(default_factory=dict)
+    # The process's scheduling-run solver (mes.scheduling.runner), where it runs one.
+    solver: SolverRunner | None = None
 
     @classmethod
     def build(cls, settings: MesSettings, clock: Clock | None = None) -> AppContext:

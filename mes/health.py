@@ -1,4 +1,5 @@
-"""Health endpoint: database reachability and schema revision, and component states."""
+"""Health endpoint: database reachability and schema revision, and component states (the
+background runner's with every job's last run and last error)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 import mes
+from mes.background.runner import BackgroundHealth
+from mes.context import ComponentHealth
 from mes.http import ContextDep
 from mes.migrate import current_revision, head_revision
 from mes.routes import API_PREFIX
@@ -20,9 +23,51 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix=API_PREFIX, tags=["health"])
 
 
+class JobState(BaseModel):
+    """One background job as this process last ran it."""
+
+    name: str
+    every_s: float
+    runs: int
+    failures: int
+    last_run_at: datetime | None
+    last_status: str | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+
 class ComponentState(BaseModel):
     status: str
     detail: str | None = None
+    # The background runner only: this process as the lease knows it (hostname:pid:random),
+    # whether it holds the lease (runs the jobs), and the jobs (a standby's never run).
+    instance: str | None = None
+    leader: bool | None = None
+    jobs: list[JobState] | None = None
+
+
+def component_state(component: ComponentHealth) -> ComponentState:
+    if not isinstance(component, BackgroundHealth):
+        return ComponentState(status=component.status, detail=component.detail)
+    return ComponentState(
+        status=component.status,
+        detail=component.detail,
+        instance=component.instance,
+        leader=component.is_leader,
+        jobs=[
+            JobState(
+                name=job.name,
+                every_s=job.every.total_seconds(),
+                runs=job.runs,
+                failures=job.failures,
+                last_run_at=job.last_run_at,
+                last_status=job.last_status,
+                last_error=job.last_error,
+                last_error_at=job.last_error_at,
+            )
+            for job in component.jobs.values()
+        ],
+    )
 
 
 class DatabaseState(BaseModel):
@@ -66,10 +111,7 @@ async def health(ctx: ContextDep, response: Response) -> Health:
             expected_revision=expected,
             detail=exc.__class__.__name__,
         )
-    components = {
-        name: ComponentState(status=c.status, detail=c.detail)
-        for name, c in sorted(ctx.components.items())
-    }
+    components = {name: component_state(c) for name, c in sorted(ctx.components.items())}
     degraded = any(c.status != "ok" for c in components.values())
     status = (
         "ok"

@@ -69,7 +69,7 @@ def _error_codes(method: str, path: str, route: Any) -> list[str]:
         codes |= {"401", "403"}
     if "{" in path:
         codes.add("404")
-    if method in {"POST", "PATCH"}:
+    if method in {"POST", "PUT", "PATCH"}:
         codes |= {"400", "409", "413"}
     if (method, path) == ("POST", "/api/v1/auth/token"):
         codes |= {"401", "403"}

@@ -115,7 +115,9 @@ class MesSettings(BaseSettings):
     background_enabled: bool = True
     background_lease_ttl: timedelta = timedelta(seconds=60)
 
-    # Scheduling (mes/scheduling).
+    # Scheduling (mes/scheduling). This process solves queued scheduling runs (any number of
+    # processes may: each claims a run atomically).
+    schedule_runner_enabled: bool = True
     # Operations starting within this much of a run's horizon start keep their published slot.
     schedule_firm_horizon: timedelta = timedelta(hours=2)
     # A periodic full scheduling run (a background job); none: planners start runs.

@@ -109,6 +109,10 @@ def make_settings(database_url: str, tmp_path: Path, **overrides: object) -> Mes
         "var_dir": tmp_path / "var",
         "jwt_secret": "test-secret-" + "x" * 40,
         "password_hashing": "test-cheap",
+        # No scheduler in a test's app unless the test asks (tests/mes/background).
+        "background_enabled": False,
+        # Scheduling runs are solved where a test says so (SolverRunner.run_next).
+        "schedule_runner_enabled": False,
     }
     values.update(overrides)
     return MesSettings(**values)  # type: ignore[arg-type]

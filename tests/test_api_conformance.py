@@ -42,6 +42,9 @@ def live_server(database_url: str, tmp_path: Path) -> Iterator[str]:
         MES_PASSWORD_HASHING="test-cheap",
         MES_JWT_SECRET="conformance-secret-" + "z" * 40,
         MES_LOG_LEVEL="warning",
+        # Fuzzed scheduling runs (up to 600 s each) would keep both cores solving: the
+        # conformance run checks the HTTP surface, not the solver.
+        MES_SCHEDULE_RUNNER_ENABLED="false",
     )
     seeded = subprocess.run(
         [BIN / "mes", "demo", "--no-serve"],

@@ -4,6 +4,11 @@ Records are matched by code: new ones are created, changed attributes updated (a
 field by field), nothing is ever deleted (GxP records are never destroyed). A unit's
 qualification date is imported on creation only; later qualification changes need a
 signed QA approval through the API.
+
+The optional ``changeovers:`` (SCH-2) and ``calendars:`` (SCH-3) sections give the
+scheduler its changeover matrix and the units' working time. A changeover rule is matched by
+its scope and family pair (only its minutes change); a unit's calendar by the unit. Rules and
+calendars the file no longer names stay as they are: change them through the API.
 """
 
 from __future__ import annotations
@@ -45,6 +50,18 @@ from mes.models import (
 )
 from mes.principal import Principal
 from mes.records import bump_version
+from mes.scheduling import calendar as scheduling_calendar
+from mes.scheduling import resources as scheduling_resources
+from mes.scheduling.resource_schemas import (
+    MAX_SHIFTS,
+    CalendarPut,
+    ChangeoverCreate,
+    ChangeoverMinutes,
+    ChangeoverUpdate,
+    Family,
+    Shift,
+    TimeZone,
+)
 from mes.schemas import InputModel
 
 
@@ -98,10 +115,38 @@ class NodeSpec(_Strict):
     children: list[NodeSpec] = Field(default_factory=list)
 
 
+class ChangeoverSpec(_Strict):
+    """SCH-2: one rule, for every unit of ``equipment_class`` or for the unit
+    ``equipment_code`` (exactly one of them)."""
+
+    equipment_class: Code | None = None
+    equipment_code: Code | None = None
+    from_family: Family
+    to_family: Family
+    minutes: ChangeoverMinutes
+
+    @property
+    def scope_code(self) -> str:
+        if self.equipment_class is not None:
+            return f"class:{self.equipment_class}"
+        return f"unit:{self.equipment_code}"
+
+
+class CalendarSpec(_Strict):
+    """SCH-3: one calendar shared by the listed units (each gets its own copy); no shifts
+    means round the clock."""
+
+    units: list[Code] = Field(min_length=1)
+    timezone: TimeZone = "UTC"
+    shifts: list[Shift] = Field(default_factory=list, max_length=MAX_SHIFTS)
+
+
 class PlantSpec(_Strict):
     equipment_classes: list[ClassSpec] = Field(default_factory=list)
     materials: list[MaterialSpec] = Field(default_factory=list)
     equipment: list[NodeSpec] = Field(default_factory=list)
+    changeovers: list[ChangeoverSpec] = Field(default_factory=list)
+    calendars: list[CalendarSpec] = Field(default_factory=list)
 
 
 def _yaml_path(loc: tuple[Any, ...]) -> str:
@@ -169,6 +214,58 @@ def _cross_check(spec: PlantSpec) -> list[str]:
     for where, node, _parent in nodes:
         if node.room and node.room not in rooms:
             problems.append(f"{where}.room: {node.room} is not a room in this file")
+    units = {n.code for _, n, _ in nodes if n.level == EquipmentLevel.unit}
+    problems += _check_changeovers(spec.changeovers, class_codes, units)
+    problems += _check_calendars(spec.calendars, units)
+    return problems
+
+
+def _check_changeovers(
+    rules: list[ChangeoverSpec], class_codes: set[str], units: set[str]
+) -> list[str]:
+    """SCH-2: each rule names exactly one known class or unit of this file, two different
+    families, and no rule repeats another's scope and pair."""
+    problems: list[str] = []
+    seen: set[tuple[str, str, str]] = set()
+    for i, rule in enumerate(rules):
+        where = f"changeovers[{i}]"
+        if (rule.equipment_class is None) == (rule.equipment_code is None):
+            problems.append(f"{where}: give exactly one of equipment_class and equipment_code")
+            continue
+        if rule.equipment_class is not None and rule.equipment_class not in class_codes:
+            problems.append(f"{where}.equipment_class: unknown class {rule.equipment_class}")
+        if rule.equipment_code is not None and rule.equipment_code not in units:
+            problems.append(f"{where}.equipment_code: {rule.equipment_code} is not a unit")
+        if rule.from_family == rule.to_family:
+            problems.append(f"{where}.to_family: {rule.to_family} never changes over into itself")
+        key = (rule.scope_code, rule.from_family, rule.to_family)
+        if key in seen:
+            problems.append(
+                f"{where}: duplicate rule {rule.scope_code} {rule.from_family} -> {rule.to_family}"
+            )
+        seen.add(key)
+    return problems
+
+
+def _check_calendars(calendars: list[CalendarSpec], units: set[str]) -> list[str]:
+    """SCH-3: every listed code is a unit of this file with one calendar only, and no two
+    shifts of a calendar overlap."""
+    problems: list[str] = []
+    owner: dict[str, str] = {}
+    for i, calendar in enumerate(calendars):
+        for j, code in enumerate(calendar.units):
+            where = f"calendars[{i}].units[{j}]"
+            if code not in units:
+                problems.append(f"{where}: {code} is not a unit in this file")
+            elif code in owner:
+                problems.append(f"{where}: {code} already has a calendar at {owner[code]}")
+            else:
+                owner[code] = where
+        overlap = scheduling_calendar.shift_overlap_problem(
+            [s.model_dump() for s in calendar.shifts]
+        )
+        if overlap:
+            problems.append(f"calendars[{i}].shifts: {overlap}")
     return problems
 
 
@@ -214,6 +311,13 @@ async def apply_plant(
     for where, node, parent in ordered:
         async with _located(path, where):
             await _apply_node(ctx, session, principal, node, parent, where, reason, report)
+    for i, rule in enumerate(spec.changeovers):
+        async with _located(path, f"changeovers[{i}]"):
+            await _apply_changeover(ctx, session, principal, rule, reason, report)
+    for i, calendar in enumerate(spec.calendars):
+        for j, code in enumerate(calendar.units):
+            async with _located(path, f"calendars[{i}].units[{j}]"):
+                await _apply_calendar(ctx, session, principal, calendar, code, reason, report)
     return report
 
 
@@ -376,6 +480,63 @@ async def _apply_node(
         report.count(report.updated, "equipment")
     else:
         report.count(report.unchanged, "equipment")
+
+
+async def _apply_changeover(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    rule: ChangeoverSpec,
+    reason: str,
+    report: LoadReport,
+) -> None:
+    found = await scheduling_resources.find_changeover(
+        session, rule.scope_code, rule.from_family, rule.to_family
+    )
+    if found is None:
+        await scheduling_resources.create_changeover(
+            ctx,
+            session,
+            principal,
+            ChangeoverCreate(**rule.model_dump(), reason=reason),
+        )
+        report.count(report.created, "changeover_rule")
+    elif found.minutes != rule.minutes:
+        await scheduling_resources.update_changeover(
+            ctx,
+            session,
+            principal,
+            str(found.id),
+            found.version,
+            ChangeoverUpdate(minutes=rule.minutes, reason=reason),
+        )
+        report.count(report.updated, "changeover_rule")
+    else:
+        report.count(report.unchanged, "changeover_rule")
+
+
+async def _apply_calendar(
+    ctx: AppContext,
+    session: AsyncSession,
+    principal: Principal,
+    calendar: CalendarSpec,
+    code: str,
+    reason: str,
+    report: LoadReport,
+) -> None:
+    unit = await scheduling_resources.get_unit(session, code)
+    found = await scheduling_resources.find_calendar(session, unit.id)
+    wanted = CalendarPut(timezone=calendar.timezone, shifts=calendar.shifts, reason=reason)
+    if found is not None and (found.timezone, found.shifts) == (
+        wanted.timezone,
+        scheduling_resources.stored_shifts(wanted),
+    ):
+        report.count(report.unchanged, "equipment_calendar")
+        return
+    await scheduling_resources.set_calendar(
+        ctx, session, principal, code, found.version if found is not None else 0, wanted
+    )
+    report.count(report.created if found is None else report.updated, "equipment_calendar")
 
 
 async def _import_qualification(

@@ -1,10 +1,12 @@
 """Hourly roll-up of raw samples, and retention of raw samples.
 
 ``roll_up`` recomputes the hourly aggregates (count, min, max, sum of good numeric values) of
-every tag for the hours from ``since`` to now from the raw values, replacing what was stored:
-running it twice, or in two processes at once, gives the same rows. The background job rolls
-up the last ``lookback`` hours every run, and from further back when the spool has just
-delivered older values.
+every tag for the hours from ``since`` to ``until`` from the raw values, replacing what was
+stored: running it twice, or in two processes at once, gives the same rows. The background job
+``telemetry-rollup`` (mes/background, one process of a deployment) rolls up the last
+``LOOKBACK`` every minute (``roll_up_recent``). That job runs in another process than ingest and
+cannot know what a spool drain just delivered, so the ingest process rolls up those older hours
+itself, right after storing them (``LateRollup``, an ingest effect).
 
 ``apply_retention`` deletes raw values older than a tag's ``raw_retention_days`` after rolling
 up the hours they fall in. Values that belong to production records are never deleted: a room
@@ -15,9 +17,11 @@ on other units, since batch context finds those by name).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,8 +38,9 @@ log = logging.getLogger(__name__)
 ROLLUP: Any = TelemetryRollup.__table__  # type: ignore[attr-defined]
 MASTER: Any = WorkMaster.__table__  # type: ignore[attr-defined]
 
-# One runner at a time among ingest processes (PostgreSQL); the roll-up is idempotent anyway.
-LOCK_ID = 0x4D45524F  # "MERO"
+# What the background job re-covers every run. Values older than that (a spool drain, an OPC UA
+# republish after a long outage) are rolled up by the ingest process that stored them.
+LOOKBACK = timedelta(hours=2)
 
 _PG_ROLLUP = text(
     """
@@ -46,11 +51,15 @@ _PG_ROLLUP = text(
     WHERE source_ts >= :since AND source_ts < :until AND quality = 'good'
           AND value_num IS NOT NULL
     GROUP BY 1, 2
+    ORDER BY 1, 2
     ON CONFLICT (tag_id, hour_start) DO UPDATE SET count = excluded.count,
         min = excluded.min, max = excluded.max, sum = excluded.sum,
         rolled_at = excluded.rolled_at
     """
 )
+# Rows are upserted in key order: the job and an ingest process re-rolling late hours may
+# overlap by an hour, and two transactions that lock the same rows in the same order wait for
+# each other instead of deadlocking (PostgreSQL; SQLite serialises writers anyway).
 # SQLite keeps UTC times as 'YYYY-MM-DD HH:MM:SS.ffffff' text (mes.models.base.UTCDateTime).
 _SQLITE_ROLLUP = text(
     """
@@ -61,6 +70,7 @@ _SQLITE_ROLLUP = text(
     WHERE source_ts >= :since AND source_ts < :until AND quality = 'good'
           AND value_num IS NOT NULL
     GROUP BY 1, 2
+    ORDER BY 1, 2
     ON CONFLICT (tag_id, hour_start) DO UPDATE SET count = excluded.count,
         min = excluded.min, max = excluded.max, sum = excluded.sum,
         rolled_at = excluded.rolled_at
@@ -78,15 +88,18 @@ def _bind(conn: AsyncConnection, moment: datetime) -> Any:
     return moment
 
 
-async def roll_up(conn: AsyncConnection, since: datetime, now: datetime) -> int:
-    """Recompute the hourly aggregates of [hour of ``since``, now); rows written."""
+async def roll_up(
+    conn: AsyncConnection, since: datetime, until: datetime, *, now: datetime | None = None
+) -> int:
+    """Recompute the hourly aggregates of the values in [hour of ``since``, ``until``), stamped
+    ``now`` (default ``until``); rows written."""
     stmt = _PG_ROLLUP if conn.dialect.name == "postgresql" else _SQLITE_ROLLUP
     result = await conn.execute(
         stmt,
         {
             "since": _bind(conn, hour_floor(since)),
-            "until": _bind(conn, now),
-            "now": _bind(conn, now),
+            "until": _bind(conn, until),
+            "now": _bind(conn, now or until),
         },
     )
     return int(result.rowcount or 0)
@@ -126,7 +139,7 @@ async def apply_retention(conn: AsyncConnection, now: datetime) -> dict[str, int
         )
         if oldest is None or oldest >= cutoff:
             continue
-        await roll_up(conn, oldest, cutoff)
+        await roll_up(conn, oldest, cutoff, now=now)
         result = await conn.execute(
             delete(SAMPLE).where(SAMPLE.c.tag_id == tag.id, SAMPLE.c.source_ts < cutoff)
         )
@@ -134,51 +147,128 @@ async def apply_retention(conn: AsyncConnection, now: datetime) -> dict[str, int
     return deleted
 
 
+async def roll_up_recent(
+    db: Database, clock: Clock, lookback: timedelta = LOOKBACK
+) -> dict[str, Any]:
+    """The background job's work: roll up the last ``lookback``, then apply retention, in one
+    transaction (a failure leaves both to the next run)."""
+    now = clock.now()
+    since = now - lookback
+    async with db.engine.begin() as conn:
+        rows = await roll_up(conn, since, now)
+        deleted = await apply_retention(conn, now)
+    if deleted:
+        log.info("telemetry retention: %s", deleted)
+    return {"since": hour_floor(since), "hours": rows, "deleted": deleted}
+
+
+def late_before(now: datetime, lookback: timedelta = LOOKBACK) -> datetime:
+    """Values older than this may fall outside every coming run of the background job: the
+    hour its window starts in slides forward while the job waits for its next run (up to an
+    hour later), so that hour counts as late too."""
+    return hour_floor(now - lookback) + timedelta(hours=1)
+
+
 @dataclass
-class RollupJob:
-    """What the ingest process runs every minute: roll-up, then retention."""
+class LateRollup:
+    """An ingest effect: rolls up the hours of stored values older than the background job
+    re-covers (a spool drain after a database outage, a device with a wrong clock).
+
+    The batch only notes its late hours; a task of the effect rolls them up right after, off
+    the write path, so ingest never waits for a roll-up. After a roll-up the task rests for
+    ``pause``, and the hours noted meanwhile are merged into the next one: a long drain, or a
+    device whose clock is days behind, costs one roll-up per pause, not one per batch. A
+    failed roll-up keeps its hours and is retried after ``retry_after``."""
 
     db: Database
     clock: Clock
-    lookback: timedelta = timedelta(hours=2)
-    dirty_since: datetime | None = None
+    lookback: timedelta = LOOKBACK
+    pause: timedelta = timedelta(seconds=10)
+    retry_after: timedelta = timedelta(seconds=5)
+    pending: tuple[datetime, datetime] | None = None
+    failures: int = 0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
-    def mark_late(self, oldest: datetime) -> None:
-        """Values older than the lookback were just stored (from the spool)."""
-        if self.dirty_since is None or oldest < self.dirty_since:
-            self.dirty_since = oldest
+    def __post_init__(self) -> None:
+        self._idle.set()
 
     async def start(self) -> None:
-        """Nothing to load (an ingest effect)."""
+        """Start the roll-up task (stopped by ``stop``)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._work(), name="telemetry-late-rollup")
 
     async def process(self, rows: Sequence[SampleRow]) -> None:
-        """Note stored values that fall before the next run's lookback (an ingest effect)."""
-        if rows:
-            oldest = min(row.source_ts for row in rows)
-            if oldest < self.clock.now() - self.lookback:
-                self.mark_late(oldest)
+        """Note the hours of the late values among ``rows``."""
+        cutoff = late_before(self.clock.now(), self.lookback)
+        late = [row.source_ts for row in rows if row.source_ts < cutoff]
+        if late:
+            self.mark_late(min(late), max(late))
 
-    async def run_once(self) -> dict[str, Any]:
+    def mark_late(self, oldest: datetime, newest: datetime) -> None:
+        """Values from ``oldest`` to ``newest`` need their hours rolled up again."""
+        if self.pending is not None:
+            oldest, newest = min(oldest, self.pending[0]), max(newest, self.pending[1])
+        self.pending = (oldest, newest)
+        self._idle.clear()
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Wait until every hour noted so far is rolled up."""
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Stop the task, then roll up what is still noted (once: on failure those hours wait
+        for retention's roll-up or ``telemetry-rollup`` looking back that far)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self.roll_up_pending()
+        except Exception:
+            log.exception("late telemetry hours %s not rolled up at stop", self.pending)
+
+    async def roll_up_pending(self) -> int:
+        """Roll up the noted hours now; tag-hours written."""
+        if self.pending is None:
+            return 0
+        # Taken before the roll-up: hours noted meanwhile wait for the next one; a failure
+        # puts these back.
+        (oldest, newest), self.pending = self.pending, None
         now = self.clock.now()
-        since = now - self.lookback
-        dirty, self.dirty_since = self.dirty_since, None
-        if dirty is not None and dirty < since:
-            since = dirty
+        until = min(now, hour_floor(newest) + timedelta(hours=1))
         try:
             async with self.db.engine.begin() as conn:
-                if conn.dialect.name == "postgresql" and not await conn.scalar(
-                    text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": LOCK_ID}
-                ):
-                    return {"skipped": "another process is rolling up"}
-                rows = await roll_up(conn, since, now)
-                deleted = await apply_retention(conn, now)
-        except Exception:
-            if dirty is not None:
-                self.mark_late(dirty)  # try that range again next time
+                written = await roll_up(conn, oldest, until, now=now)
+        except BaseException:
+            self.mark_late(oldest, newest)
             raise
-        if deleted:
-            log.info("telemetry retention: %s", deleted)
-        return {"since": since, "hours": rows, "deleted": deleted}
+        log.info(
+            "telemetry roll-up of late values: %d tag-hours from %s to %s",
+            written,
+            hour_floor(oldest).isoformat(),
+            until.isoformat(),
+        )
+        return written
+
+    async def _work(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.roll_up_pending()
+            except Exception:
+                # Supervisor of the roll-ups: the hours stay noted and are tried again.
+                self.failures += 1
+                log.exception("late telemetry hours not rolled up; retrying")
+                await asyncio.sleep(self.retry_after.total_seconds())
+                continue
+            if self.pending is None:
+                self._idle.set()
+            await asyncio.sleep(self.pause.total_seconds())
 
 
 async def hourly(conn: AsyncConnection, tag_id: int, start: datetime, end: datetime) -> list[Any]:

@@ -2,7 +2,9 @@
 
 Run by ``mes ingest`` (its own process; several may share one MQTT shared subscription) and by
 ``mes demo`` inside the server process. The API never runs connectors: it reads what ingest
-stored, so any number of API workers see the same values.
+stored, so any number of API workers see the same values. The periodic hourly roll-up is a
+background job (mes/background, ``telemetry-rollup``); ingest only rolls up the older hours it
+has just stored itself (``LateRollup``), which that job does not look back to.
 """
 
 from __future__ import annotations
@@ -11,21 +13,17 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
-
 from connectors.host import ConnectorHost
 from mes.context import AppContext
 from mes.telemetry.alarms import AlarmEngine
 from mes.telemetry.config import TelemetryConfig, load_config, register_tags
 from mes.telemetry.equipment_feed import EquipmentFeed
 from mes.telemetry.ingest import Ingest
-from mes.telemetry.rollup import RollupJob
+from mes.telemetry.rollup import LateRollup
 from mes.telemetry.spool import Spool
 from mes.telemetry.store import SampleStore
 
 log = logging.getLogger(__name__)
-
-ROLLUP_EVERY_S = 60
 
 
 @dataclass
@@ -35,8 +33,7 @@ class TelemetryRuntime:
     config: TelemetryConfig
     ingest: Ingest
     host: ConnectorHost
-    rollup: RollupJob
-    scheduler: AsyncIOScheduler | None = None
+    rollup: LateRollup
 
     @classmethod
     def build(
@@ -45,7 +42,7 @@ class TelemetryRuntime:
         """Wire the runtime from the settings (the telemetry file unless ``config`` is given)."""
         settings = ctx.settings
         config = config or load_config(settings.telemetry_file)
-        rollup = RollupJob(ctx.db, ctx.clock)
+        rollup = LateRollup(ctx.db, ctx.clock)
         ingest = Ingest(
             SampleStore(ctx.db),
             Spool(spool or settings.var_dir / "spool" / "telemetry.db"),
@@ -67,33 +64,15 @@ class TelemetryRuntime:
         await register_tags(ctx.db, self.config.tags)
         await self.ingest.start()
         self.host.start()
-        # Stateless and idempotent, so a missed or doubled run loses nothing (RELIABILITY 1.4:
-        # no job state in APScheduler's memory store).
-        self.scheduler = AsyncIOScheduler(timezone="UTC")
-        self.scheduler.add_job(
-            self._roll_up,
-            "interval",
-            seconds=ROLLUP_EVERY_S,
-            id="telemetry-rollup",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.start()
         log.info(
             "telemetry: %d tags, connectors %s",
             len(self.config.tags),
             ", ".join(f"{s.name} ({s.kind})" for s in self.config.connectors) or "none",
         )
 
-    async def _roll_up(self) -> None:
-        try:
-            await self.rollup.run_once()
-        except Exception:
-            log.exception("telemetry roll-up failed; the next run covers its hours again")
-
     async def stop(self) -> None:
-        """Stop the connectors first (no new values), then commit what is queued."""
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
+        """Stop the connectors first (no new values), then commit what is queued, then roll
+        up the late hours it noted."""
         await self.host.stop()
         await self.ingest.stop()
+        await self.rollup.stop()

@@ -80,3 +80,4 @@ async def mark_for_reschedule(
 
 
 equipment.on_status_change(EquipmentStatus.down, mark_for_reschedule)
+equipment.on_status_change(EquipmentStatus.maintenance, mark_for_reschedule)

@@ -123,7 +123,12 @@ async def operations_public(
     session: AsyncSession, pairs: Sequence[tuple[Operation, WorkOrder]]
 ) -> list[OperationPublic]:
     codes = await equipment_service.codes_of(
-        session, [x for op, _ in pairs for x in (op.work_center_id, op.equipment_id)]
+        session,
+        [
+            x
+            for op, _ in pairs
+            for x in (op.work_center_id, op.equipment_id, op.planned_equipment_id)
+        ],
     )
     # Executions this session already holds (the one an action just worked on) are not read
     # again.
@@ -154,6 +159,9 @@ async def operations_public(
                 equipment_code=codes.get(op.equipment_id) if op.equipment_id else None,
                 planned_start=op.planned_start,
                 planned_end=op.planned_end,
+                planned_equipment_code=(
+                    codes.get(op.planned_equipment_id) if op.planned_equipment_id else None
+                ),
                 needs_reschedule=op.needs_reschedule,
                 reschedule_reason=op.reschedule_reason,
                 is_pilot=order.is_pilot,
@@ -384,13 +392,21 @@ async def release(
     expected_version: int,
     reason: str,
 ) -> WorkOrder:
+    """draft -> released (PROC-1: an approved master, or a draft for a pilot batch).
+
+    WO-REL: the first operation becomes ready at once only when the order has no release date
+    or the date has come. An order released ahead of its ``release_at`` (a planner releasing
+    next week's work today) is released - its snapshot frozen - but its first operation stays
+    ``waiting``, so nobody can start it and it is in no work center's queue until the
+    background job ``release-due-orders`` makes it ready on that date."""
     order = await locked(session, number, expected_version)
     wm = await session.get(WorkMaster, order.work_master_id)
     assert wm is not None  # foreign key
     if WorkOrderStatus(order.status) == WorkOrderStatus.draft:
         check_master_usable(wm, order.is_pilot)
     await transition(ctx, session, principal, order, "release", reason)
-    await advance(ctx, session, principal, order)
+    if order.release_at is None or order.release_at <= ctx.clock.now():
+        await advance(ctx, session, principal, order)
     return order
 
 

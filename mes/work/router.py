@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel
 
 from mes.http import (
@@ -79,6 +79,8 @@ router = APIRouter(prefix=API_PREFIX)
 EXACT = Decimal("0.000001")
 
 Reader = Annotated[Principal, Depends(Allow(*ANY_HUMAN))]
+# A work master version number (a 32-bit column: larger ones name no version).
+Revision = Annotated[int, Path(ge=1, le=2_147_483_647)]
 Engineer = Annotated[Principal, Depends(Allow(Role.planner, Role.supervisor, Role.qa))]
 Planner = Annotated[Principal, Depends(Allow(Role.planner, Role.supervisor))]
 Supervisor = Annotated[Principal, Depends(Allow(Role.supervisor))]
@@ -189,7 +191,7 @@ async def get_work_master(
     tags=["work masters"],
 )
 async def get_work_master_version(
-    code: str, version: int, session: SessionDep, _: Reader, response: Response
+    code: str, version: Revision, session: SessionDep, _: Reader, response: Response
 ) -> WorkMasterPublic:
     wm = await masters.get(session, code, version)
     response.headers["ETag"] = etag(wm.version)
@@ -203,7 +205,7 @@ async def get_work_master_version(
 )
 async def update_work_master_version(
     code: str,
-    version: int,
+    version: Revision,
     body: WorkMasterUpdate,
     principal: Engineer,
     record_version: VersionDep,
@@ -224,7 +226,7 @@ async def update_work_master_version(
 )
 async def approve_work_master(
     code: str,
-    version: int,
+    version: Revision,
     body: WorkMasterApprove,
     principal: Qa,
     record_version: VersionDep,
@@ -249,7 +251,7 @@ async def approve_work_master(
 )
 async def retire_work_master(
     code: str,
-    version: int,
+    version: Revision,
     body: ActionReason,
     principal: Qa,
     record_version: VersionDep,

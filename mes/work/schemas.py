@@ -230,6 +230,7 @@ class OperationPublic(BaseModel):
     equipment_code: str | None
     planned_start: datetime | None
     planned_end: datetime | None
+    planned_equipment_code: str | None
     needs_reschedule: bool
     reschedule_reason: str | None
     is_pilot: bool

@@ -11,7 +11,6 @@ Create Date: 2026-11-26 04:02:08.461421
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-import sqlmodel
 from alembic import op
 
 import mes.models.base
@@ -25,8 +24,8 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "job_lease",
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
-        sa.Column("holder", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("name", sa.String(length=60), nullable=False),
+        sa.Column("holder", sa.String(length=200), nullable=False),
         sa.Column("acquired_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_job_lease")),
@@ -39,27 +38,27 @@ def upgrade() -> None:
         sa.Column("updated_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("kind", sa.String(length=10), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
-        sa.Column("trigger", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-        sa.Column("trigger_detail", sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=True),
-        sa.Column("requested_by", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("trigger", sa.String(length=40), nullable=False),
+        sa.Column("trigger_detail", sa.String(length=1000), nullable=True),
+        sa.Column("requested_by", sa.String(length=64), nullable=False),
         sa.Column("horizon_start", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("time_limit_s", sa.Integer(), nullable=False),
-        sa.Column("objective", sqlmodel.sql.sqltypes.AutoString(length=30), nullable=False),
+        sa.Column("objective", sa.String(length=30), nullable=False),
         sa.Column("request", sa.JSON(), nullable=False),
         sa.Column("started_at", mes.models.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("finished_at", mes.models.base.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("solver_status", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=True),
-        sa.Column("method", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=True),
+        sa.Column("solver_status", sa.String(length=20), nullable=True),
+        sa.Column("method", sa.String(length=20), nullable=True),
         sa.Column("objective_value", sa.Float(), nullable=True),
         sa.Column("bound", sa.Float(), nullable=True),
         sa.Column("gap", sa.Float(), nullable=True),
         sa.Column("makespan_min", sa.Integer(), nullable=True),
         sa.Column("total_tardiness_min", sa.Integer(), nullable=True),
         sa.Column("solve_s", sa.Float(), nullable=True),
-        sa.Column("error", sqlmodel.sql.sqltypes.AutoString(length=2000), nullable=True),
+        sa.Column("error", sa.String(length=2000), nullable=True),
         sa.Column("result", sa.JSON(), nullable=False),
         sa.Column("published_at", mes.models.base.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("published_by", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("published_by", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_schedule_run")),
     )
     with op.batch_alter_table("schedule_run", schema=None) as batch_op:
@@ -71,13 +70,13 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("created_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("scope_code", sqlmodel.sql.sqltypes.AutoString(length=50), nullable=False),
+        sa.Column("scope_code", sa.String(length=50), nullable=False),
         sa.Column("equipment_class_id", sa.Uuid(), nullable=True),
         sa.Column("equipment_id", sa.Uuid(), nullable=True),
-        sa.Column("from_family", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-        sa.Column("to_family", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("from_family", sa.String(length=40), nullable=False),
+        sa.Column("to_family", sa.String(length=40), nullable=False),
         sa.Column("minutes", sa.Integer(), nullable=False),
-        sa.Column("created_by", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("created_by", sa.String(length=64), nullable=False),
         sa.ForeignKeyConstraint(
             ["equipment_class_id"],
             ["equipment_class.id"],
@@ -103,9 +102,9 @@ def upgrade() -> None:
         sa.Column("created_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("updated_at", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("equipment_id", sa.Uuid(), nullable=False),
-        sa.Column("timezone", sqlmodel.sql.sqltypes.AutoString(length=60), nullable=False),
+        sa.Column("timezone", sa.String(length=60), nullable=False),
         sa.Column("shifts", sa.JSON(), nullable=False),
-        sa.Column("updated_by", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("updated_by", sa.String(length=64), nullable=False),
         sa.ForeignKeyConstraint(
             ["equipment_id"],
             ["equipment.id"],
@@ -124,8 +123,8 @@ def upgrade() -> None:
         sa.Column("start", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("end", mes.models.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("kind", sa.String(length=20), nullable=False),
-        sa.Column("reason", sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=False),
-        sa.Column("created_by", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("reason", sa.String(length=1000), nullable=False),
+        sa.Column("created_by", sa.String(length=64), nullable=False),
         sa.Column("cancelled", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(
             ["equipment_id"],

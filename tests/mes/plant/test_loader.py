@@ -48,11 +48,17 @@ def write_yaml(path: Path, data: Json) -> Path:
 
 
 def expected_counts(data: Json) -> dict[str, int]:
-    return {
+    """Records per kind (the load report's kinds, which are also the audited entity types)."""
+    counts = {
         "equipment_class": len(data.get("equipment_classes", [])),
         "material": len(data.get("materials", [])),
         "equipment": len(walk(data.get("equipment", []))),
     }
+    if data.get("changeovers"):
+        counts["changeover_rule"] = len(data["changeovers"])
+    if data.get("calendars"):
+        counts["equipment_calendar"] = sum(len(c["units"]) for c in data["calendars"])
+    return counts
 
 
 async def db_state(ctx: AppContext) -> Json:
@@ -207,11 +213,7 @@ async def test_load_creates_every_record_with_an_audit_entry(ctx: AppContext) ->
 
     created = await audit_entries(ctx, action="create")
     by_type = Counter(e.entity_type for e in created)
-    assert by_type == Counter(
-        equipment=counts["equipment"],
-        equipment_class=counts["equipment_class"],
-        material=counts["material"],
-    )
+    assert by_type == Counter(counts)
     audited_equipment = {e.entity_id for e in created if e.entity_type == "equipment"}
     assert audited_equipment == set(state["equipment"])
     assert all(e.username == "system:test" for e in created)
