@@ -69,11 +69,13 @@ def minutes_until(origin: datetime, moment: datetime) -> int:
     return math.ceil((moment - origin).total_seconds() / 60)
 
 
-def duration_min(spec: dict[str, Any], quantity: Decimal) -> int:
-    """setup + quantity x rate + fixed, in whole minutes (at least one)."""
+def duration_min(spec: dict[str, Any], quantity: Decimal, unit: str | None = None) -> int:
+    """setup + quantity x rate (the unit's own rate where the work master gives one) + fixed,
+    in whole minutes (at least one)."""
+    rate = (spec.get("unit_run_min_per_unit") or {}).get(unit, spec.get("run_min_per_unit"))
     total = (
         Decimal(str(spec.get("setup_min") or 0))
-        + quantity * Decimal(str(spec.get("run_min_per_unit") or 0))
+        + quantity * Decimal(str(rate or 0))
         + Decimal(str(spec.get("fixed_min") or 0))
     )
     return max(1, math.ceil(total))
@@ -115,7 +117,7 @@ async def load(
             ]
             for unit in eligible:
                 units[unit.code] = unit
-            durations = {u.code: duration_min(spec, order.quantity) for u in eligible}
+            durations = {u.code: duration_min(spec, order.quantity, u.code) for u in eligible}
             entries.append((op, durations, spec))
         if entries:
             raw.append((order, entries))
@@ -327,7 +329,7 @@ def _running(
     if ex is None or ex.equipment_id not in code_of:
         return None
     unit = code_of[ex.equipment_id]
-    expected = durations.get(unit) or duration_min(spec, order.quantity)
+    expected = durations.get(unit) or duration_min(spec, order.quantity, unit)
     started = minutes_from(origin, ex.started_at) + math.ceil(ex.paused_min)
     start = max(0, started)
     end = max(start + 1, started + expected, 1)

@@ -178,6 +178,13 @@ async def _check_references(session: AsyncSession, data: WorkMasterCreate) -> Ma
                     f"{unit_code!r} is not a unit of work center {wc.code}",
                     field=f"{where}.eligible_equipment[{j}]",
                 )
+        for unit_code in op.unit_run_min_per_unit:
+            unit = await equipment.find(session, unit_code)
+            if unit is None or unit.parent_id != wc.id:
+                raise InvalidInput(
+                    f"{unit_code!r} is not a unit of work center {wc.code}",
+                    field=f"{where}.unit_run_min_per_unit.{unit_code}",
+                )
         if op.equipment_class is not None:
             if await equipment.find_class(session, op.equipment_class) is None:
                 raise InvalidInput(

@@ -97,6 +97,8 @@ class OperationSpec(InputModel):
     equipment_class: Code | None = None
     setup_min: Minutes = Decimal(0)
     run_min_per_unit: Minutes = Decimal(0)
+    # A unit that runs faster or slower than ``run_min_per_unit`` (unit code -> minutes).
+    unit_run_min_per_unit: dict[Code, Minutes] = Field(default_factory=dict, max_length=100)
     fixed_min: Minutes = Decimal(0)
     changeover_family: Annotated[str, StringConstraints(min_length=1, max_length=40)] | None = None
     cleaning_min: Minutes = Decimal(0)

@@ -41,6 +41,8 @@ def braid_master(code: str, family: str, eligible: list[str] | None = None) -> J
                 "eligible_equipment": eligible or BRAIDERS,
                 "setup_min": "20",
                 "run_min_per_unit": "0.1",
+                # the older braider is slower
+                "unit_run_min_per_unit": {"BR-302": "0.15"},
                 "changeover_family": family,
                 "cleaning_min": "15",
                 "transfer_lag_min": "10",
@@ -119,7 +121,11 @@ async def test_a_run_schedules_every_operation_and_publishing_orders_the_queues(
     assert run["solver_status"] in ("optimal", "feasible")
     assert run["problems"] == []
     assert len(run["assignments"]) == 2 * len(numbers)
-    assert {a["equipment_code"] for a in run["assignments"] if a["seq"] == 10} <= set(BRAIDERS)
+    braids = [a for a in run["assignments"] if a["seq"] == 10]
+    assert {a["equipment_code"] for a in braids} <= set(BRAIDERS)
+    for a in braids:  # 20 min setup + 1000 m at the unit's own rate
+        took = datetime.fromisoformat(a["end"]) - datetime.fromisoformat(a["start"])
+        assert took == timedelta(minutes=170 if a["equipment_code"] == "BR-302" else 120)
     assert run["makespan_min"] > 0
     assert run["objective_value"] is not None
     assert run["bound"] is not None
