@@ -125,28 +125,48 @@ async def _make_ready(ctx: AppContext, session: AsyncSession, number: str, now: 
     return False
 
 
+async def _each_in_own_transaction(
+    ctx: AppContext,
+    query: SelectOfScalar[str],
+    act: Callable[[AsyncSession, str], Awaitable[bool]],
+    *,
+    done: str,
+    refused: str,
+) -> list[str]:
+    """``act`` on each key the query finds, each in its own transaction so one refusal stops
+    nothing else; the keys acted on. Refusals are logged and the job reported incomplete."""
+    async with ctx.db.sessionmaker() as session:
+        keys = list((await session.execute(query)).scalars())
+    acted: list[str] = []
+    failed: dict[str, str] = {}
+    for key in keys:
+        try:
+            async with ctx.db.sessionmaker() as session, session.begin():
+                if await act(session, key):
+                    acted.append(key)
+        except MesError as exc:
+            log.warning("%s: %s: %s", refused, key, exc)
+            failed[key] = exc.detail
+    if acted:
+        log.info("%s: %s", done, ", ".join(acted))
+    if failed:
+        raise JobIncomplete(
+            f"{refused}: " + "; ".join(f"{k}: {d}" for k, d in sorted(failed.items()))
+        )
+    return acted
+
+
 async def release_due_orders(ctx: AppContext) -> dict[str, Any]:
     """WO-REL: an order released ahead of its release date keeps its first operation waiting;
     once the date has come this makes it ready, so the order enters its work center's queue."""
     now = ctx.clock.now()
-    async with ctx.db.sessionmaker() as session:
-        numbers = list((await session.execute(_due_orders(now))).scalars())
-    advanced: list[str] = []
-    failed: dict[str, str] = {}
-    for number in numbers:
-        try:
-            async with ctx.db.sessionmaker() as session, session.begin():
-                if await _make_ready(ctx, session, number, now):
-                    advanced.append(number)
-        except MesError as exc:
-            log.warning("work order %s not made ready at its release date: %s", number, exc)
-            failed[number] = exc.detail
-    if advanced:
-        log.info("release date reached: %s ready", ", ".join(advanced))
-    if failed:
-        raise JobIncomplete(
-            "not made ready: " + "; ".join(f"{n}: {d}" for n, d in sorted(failed.items()))
-        )
+    advanced = await _each_in_own_transaction(
+        ctx,
+        _due_orders(now),
+        lambda session, number: _make_ready(ctx, session, number, now),
+        done="release date reached, made ready",
+        refused="not made ready",
+    )
     return {"advanced": advanced}
 
 
@@ -201,24 +221,13 @@ async def equipment_due_check(ctx: AppContext) -> dict[str, Any]:
     unavailable and its planned operations are marked for rescheduling. A running unit is
     left to finish its operation and is taken at a check after it is idle again."""
     now = ctx.clock.now()
-    async with ctx.db.sessionmaker() as session:
-        codes = list((await session.execute(_overdue_idle_units(now))).scalars())
-    moved: list[str] = []
-    failed: dict[str, str] = {}
-    for code in codes:
-        try:
-            async with ctx.db.sessionmaker() as session, session.begin():
-                if await _take_out_of_use(ctx, session, code, now):
-                    moved.append(code)
-        except MesError as exc:
-            log.warning("unit %s not taken out of use: %s", code, exc)
-            failed[code] = exc.detail
-    if moved:
-        log.info("units past a due date moved to maintenance: %s", ", ".join(moved))
-    if failed:
-        raise JobIncomplete(
-            "not moved to maintenance: " + "; ".join(f"{c}: {d}" for c, d in sorted(failed.items()))
-        )
+    moved = await _each_in_own_transaction(
+        ctx,
+        _overdue_idle_units(now),
+        lambda session, code: _take_out_of_use(ctx, session, code, now),
+        done="past a due date, moved to maintenance",
+        refused="not moved to maintenance",
+    )
     return {"maintenance": moved}
 
 

@@ -20,6 +20,7 @@ from ortools.sat.python import cp_model
 
 from mes.scheduling.dispatcher import dispatch
 from mes.scheduling.problem import (
+    UNIT_CHANGE_PENALTY_MIN,
     Assignment,
     Objective,
     Problem,
@@ -27,10 +28,10 @@ from mes.scheduling.problem import (
     Task,
     measure,
     objective_of,
+    repair_cost,
 )
 from mes.scheduling.rules import merge, with_changeovers
 
-UNIT_CHANGE_PENALTY_MIN = 60
 # Past this many possible successions (arcs) over all units, an operation may only follow the
 # ones near it in the warm start (by start time): the exact model of a plant-sized problem
 # spends the whole time limit in presolve.
@@ -129,8 +130,14 @@ def solve(problem: Problem, warm: Solution | None = None) -> Solution:
         )
     makespan, tardiness, weighted, late = measure(problem, placed)
     value = objective_of(problem, makespan, weighted)
-    if warm.objective_value is not None and value > warm.objective_value and not problem.previous:
+    if problem.previous:
+        warm_cost = repair_cost(problem, warm.assignments, warm.objective_value or 0.0)
+        worse = repair_cost(problem, placed, value) > warm_cost
+    else:
+        worse = warm.objective_value is not None and value > warm.objective_value
+    if worse:  # the solver's copy of the hint can lose to it only by rounding
         warm.solve_s = elapsed
+        warm.moved = _moved(problem, warm.assignments)
         return warm
     exact = status == cp_model.OPTIMAL
     bound = None

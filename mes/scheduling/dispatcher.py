@@ -15,7 +15,16 @@ import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mes.scheduling.problem import Assignment, Job, Problem, Solution, Task, measure, objective_of
+from mes.scheduling.problem import (
+    Assignment,
+    Job,
+    Problem,
+    Solution,
+    Task,
+    measure,
+    objective_of,
+    repair_cost,
+)
 from mes.scheduling.rules import merge, start_after, with_changeovers
 
 
@@ -66,13 +75,16 @@ def dispatch(problem: Problem, rule: str = "auto") -> Solution:
     rules = ["mwkr", "slack", "edd"] if problem.objective != "makespan" else ["mwkr", "spt"]
     if problem.previous:
         rules = ["previous", *rules]
-    best: Solution | None = None
+    best: tuple[float, Solution] | None = None
     for name in rules:
         found = _dispatch(problem, name)
-        if best is None or (found.objective_value or 0) < (best.objective_value or 0):
-            best = found
+        cost = found.objective_value or 0.0
+        if problem.previous:
+            cost = repair_cost(problem, found.assignments, cost)
+        if best is None or cost < best[0]:
+            best = (cost, found)
     assert best is not None
-    return best
+    return best[1]
 
 
 def _dispatch(problem: Problem, rule: str) -> Solution:
@@ -120,16 +132,20 @@ def _dispatch(problem: Problem, rule: str) -> Solution:
                 found = option
         assert found is not None, f"{job.key}/{task.seq} has no unit (screened out before)"
         before = previous.get(task.key)
-        if before is not None and before.unit != found[2] and before.unit in task.durations:
-            # A repair keeps an operation on its unit unless that costs more than its length.
+        if before is not None and before.unit in task.durations:
+            # A repair keeps an operation on its unit and at its time where that still works,
+            # and on its unit at all unless that costs more than its length.
             line = timelines.get(before.unit)
             if line is not None:
                 duration = task.durations[before.unit]
-                start = line.earliest(
-                    max(est, min_end - duration), duration, task, gaps[before.unit]
-                )
-                if start + duration <= found[0] + duration:
-                    found = (start + duration, start, before.unit)
+                earliest = max(est, min_end - duration)
+                kept = line.earliest(max(earliest, before.start), duration, task, gaps[before.unit])
+                if kept == before.start:
+                    found = (kept + duration, kept, before.unit)
+                else:
+                    start = line.earliest(earliest, duration, task, gaps[before.unit])
+                    if start + duration <= found[0] + duration:
+                        found = (start + duration, start, before.unit)
         cache[task.key] = found
         return found
 

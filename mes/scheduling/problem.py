@@ -151,6 +151,23 @@ def measure(problem: Problem, assignments: list[Assignment]) -> tuple[int, int, 
     return makespan, total, weighted, late
 
 
+# A repair's penalty for an operation put on another unit than before, in minutes moved.
+UNIT_CHANGE_PENALTY_MIN = 60
+
+
+def repair_cost(problem: Problem, assignments: list[Assignment], objective: float) -> float:
+    """What a repair minimises: the objective weighted by ``stability_weight``, plus every
+    minute an operation moved and a penalty per operation that changed unit."""
+    moved = 0
+    for a in assignments:
+        before = problem.previous.get(a.task)
+        if before is not None:
+            moved += abs(a.start - before.start)
+            if before.unit != a.unit:
+                moved += UNIT_CHANGE_PENALTY_MIN
+    return max(problem.stability_weight, 1) * objective + moved
+
+
 def objective_of(problem: Problem, makespan: int, weighted_tardiness: int) -> int:
     if problem.objective == Objective.makespan:
         return makespan

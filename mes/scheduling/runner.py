@@ -31,11 +31,16 @@ from mes.scheduling.rules import screen
 log = logging.getLogger(__name__)
 
 POLL_S = 2.0
-# Kept from a run's time limit for storing its answer.
+# Kept from a run's time limit for storing its answer (and a millisecond per operation).
 STORE_S = 0.3
 # How much a repair prefers keeping the plan: a minute of the objective weighs as much as this
-# many minutes of operations moved.
-REPAIR_STABILITY = 10
+# many minutes of operations moved. Makespan is one number for the whole plan, tardiness a sum
+# over the late orders (already weighted by priority), so they weigh differently.
+REPAIR_STABILITY = {
+    Objective.makespan: 20,
+    Objective.weighted_tardiness: 1,
+    Objective.mixed: 1,
+}
 
 
 def solve_problem(problem: Problem) -> tuple[Solution, list[dict[str, Any]]]:
@@ -152,10 +157,12 @@ class SolverRunner:
                 kind = ScheduleKind(run.kind)
             problem = loaded.problem
             spent = time.monotonic() - began
-            problem.time_limit_s = max(0.1, run.time_limit_s - spent - STORE_S)
+            # Storing the answer takes about a millisecond per operation.
+            storing = STORE_S + len(problem.tasks()) / 1000
+            problem.time_limit_s = max(0.1, run.time_limit_s - spent - storing)
             problem.num_workers = self.ctx.settings.schedule_solver_workers
             if kind == ScheduleKind.repair:
-                problem.stability_weight = REPAIR_STABILITY
+                problem.stability_weight = REPAIR_STABILITY[problem.objective]
             solution, screened = await self._solve(problem)
             await self._store(run_id, loaded, solution, screened)
         except Exception as exc:
