@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from sqlmodel.sql.expression import SelectOfScalar
 
+import mes.scheduling.service
 import mes.work.dispatch  # noqa: F401  (registers the status listeners equipment changes call)
 from mes.context import AppContext
 from mes.equipment import service as equipment

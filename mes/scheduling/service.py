@@ -397,8 +397,9 @@ async def last_published(session: AsyncSession) -> ScheduleRun | None:
 async def _on_unit_down(
     ctx: AppContext, session: AsyncSession, principal: Principal, unit: Equipment, reason: str
 ) -> None:
-    """An equipment "down" event, from an operator or the unit's state signal, asks for a
-    repair run - when the unit had published work ahead of it."""
+    """An equipment "down" event, from an operator or the unit's state signal (or a unit taken
+    into maintenance, as the due-date job does), asks for a repair run - when the unit had
+    published work ahead of it."""
     planned = await session.execute(
         select(Operation.id)
         .where(
@@ -409,10 +410,14 @@ async def _on_unit_down(
     )
     if planned.first() is None:
         return
-    await request_repair(ctx, session, principal, "equipment_down", f"{unit.code} down: {reason}")
+    status = unit.status or "down"
+    await request_repair(
+        ctx, session, principal, f"equipment_{status}", f"{unit.code} {status}: {reason}"
+    )
 
 
 equipment.on_status_change(EquipmentStatus.down, _on_unit_down)
+equipment.on_status_change(EquipmentStatus.maintenance, _on_unit_down)
 
 
 async def late_operations(

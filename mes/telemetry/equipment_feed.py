@@ -16,6 +16,8 @@ from typing import Any
 
 from sqlalchemy import select
 
+import mes.scheduling.service
+import mes.work.dispatch  # noqa: F401  (and marks its planned operations for rescheduling)
 from mes.context import AppContext
 from mes.equipment import service as equipment
 from mes.errors import MesError

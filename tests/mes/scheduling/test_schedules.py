@@ -4,6 +4,8 @@ a breakdown or a late operation, and the bad requests (SCH-1..SCH-5)."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -316,3 +318,11 @@ def test_times_are_whole_minutes() -> None:
     origin = datetime(2026, 1, 1, tzinfo=UTC)
     assert loader.minutes_from(origin, origin + timedelta(seconds=119)) == 1
     assert loader.minutes_until(origin, origin + timedelta(seconds=61)) == 2
+
+
+def test_every_process_that_changes_unit_status_asks_for_repairs() -> None:
+    """The ingest process (a unit's state signal) and the background jobs (due dates) change
+    units' status without the API loaded: the repair listener must be registered there too."""
+    for module in ("mes.telemetry.runtime", "mes.background.jobs"):
+        code = f"import sys, {module}; sys.exit('mes.scheduling.service' not in sys.modules)"
+        assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0, module
