@@ -100,6 +100,7 @@ from mes.models.scheduling import ScheduleKind, ScheduleRun, ScheduleStatus
 from mes.plant.loader import PlantSpec, apply_plant
 from mes.principal import system_principal
 from mes.scheduling import cpsat, loader, resources, service
+from mes.scheduling import publish as publishing
 from mes.scheduling.dispatcher import dispatch
 from mes.scheduling.problem import Objective
 from mes.scheduling.resource_schemas import CalendarPut, ChangeoverCreate, Shift
@@ -1030,7 +1031,7 @@ async def bench_plant(args: argparse.Namespace, dbs: Databases, plant: Plant) ->
             started = time.perf_counter()
             async with ctx.db.sessionmaker() as session, session.begin():
                 planner = await person(session, "planner")
-                _run, result.published, _skipped = await service.publish(
+                _run, result.published, _skipped = await publishing.publish(
                     ctx, session, planner, full.id, full.version, "benchmark plan"
                 )
             result.publish_s = time.perf_counter() - started

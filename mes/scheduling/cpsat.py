@@ -98,15 +98,7 @@ def solve(problem: Problem, warm: Solution | None = None) -> Solution:
     large = _units(model, problem, tasks, horizon, warm)
     objective, primary = _objective(model, problem, tasks, horizon)
     _hint(model, tasks, warm)
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(
-        MIN_SOLVER_S, problem.time_limit_s - (time.monotonic() - began)
-    )
-    solver.parameters.num_workers = problem.num_workers
-    solver.parameters.random_seed = problem.random_seed
-    if large:
-        # Probing a plant-sized model takes most of a repair's ten seconds in presolve.
-        solver.parameters.cp_model_probing_level = 0
+    solver = _solver(problem, problem.time_limit_s - (time.monotonic() - began), large)
     status = solver.solve(model)
     elapsed = time.monotonic() - began
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -115,27 +107,21 @@ def solve(problem: Problem, warm: Solution | None = None) -> Solution:
         warm.solve_s = elapsed
         warm.moved = _moved(problem, warm.assignments)
         return warm
-    placed = []
-    for tv in tasks.values():
-        unit = next(u for u, lit in tv.present.items() if _value(solver, lit))
-        placed.append(
-            Assignment(
-                tv.task.key,
-                _job_of(problem)[tv.task.key],
-                tv.task.seq,
-                unit,
-                solver.value(tv.start),
-                solver.value(tv.end),
-            )
+    placed = [
+        Assignment(
+            tv.task.key,
+            tv.task.job,
+            tv.task.seq,
+            next(u for u, lit in tv.present.items() if _value(solver, lit)),
+            solver.value(tv.start),
+            solver.value(tv.end),
         )
+        for tv in tasks.values()
+    ]
     makespan, tardiness, weighted, late = measure(problem, placed)
     value = objective_of(problem, makespan, weighted)
-    if problem.previous:
-        warm_cost = repair_cost(problem, warm.assignments, warm.objective_value or 0.0)
-        worse = repair_cost(problem, placed, value) > warm_cost
-    else:
-        worse = warm.objective_value is not None and value > warm.objective_value
-    if worse:  # the solver's copy of the hint can lose to it only by rounding
+    if _worse(problem, warm, placed, value):
+        # the solver's copy of the hint can lose to it only by rounding
         warm.solve_s = elapsed
         warm.moved = _moved(problem, warm.assignments)
         return warm
@@ -162,8 +148,23 @@ def _value(solver: cp_model.CpSolver, lit: cp_model.IntVar | int) -> bool:
     return bool(lit) if isinstance(lit, int) else solver.boolean_value(lit)
 
 
-def _job_of(problem: Problem) -> dict[str, str]:
-    return {t.key: j.key for j in problem.jobs for t in j.tasks}
+def _solver(problem: Problem, seconds: float, large: bool) -> cp_model.CpSolver:
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(MIN_SOLVER_S, seconds)
+    solver.parameters.num_workers = problem.num_workers
+    solver.parameters.random_seed = problem.random_seed
+    if large:
+        # Probing a plant-sized model takes most of a repair's ten seconds in presolve.
+        solver.parameters.cp_model_probing_level = 0
+    return solver
+
+
+def _worse(problem: Problem, warm: Solution, placed: list[Assignment], value: int) -> bool:
+    """Whether the solver's schedule loses to the warm start (a repair by its own cost)."""
+    if problem.previous:
+        warm_cost = repair_cost(problem, warm.assignments, warm.objective_value or 0.0)
+        return repair_cost(problem, placed, value) > warm_cost
+    return warm.objective_value is not None and value > warm.objective_value
 
 
 def _variables(model: cp_model.CpModel, problem: Problem, horizon: int) -> dict[str, _TaskVars]:

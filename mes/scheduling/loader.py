@@ -91,7 +91,7 @@ async def load(
     work_orders: list[str] | None = None,
     with_previous: bool = False,
 ) -> Loaded:
-    orders, problems = await _orders(session, work_orders)
+    orders, problems = await orders_to_schedule(session, work_orders)
     loaded = Loaded(Problem(jobs=[], units=[], objective=objective), horizon_start)
     loaded.problems.extend(problems)
     units: dict[str, Equipment] = {}
@@ -159,9 +159,11 @@ async def load(
     return loaded
 
 
-async def _orders(
+async def orders_to_schedule(
     session: AsyncSession, numbers: list[str] | None
 ) -> tuple[list[WorkOrder], list[JobProblem]]:
+    """The released and in-progress orders (of ``numbers``, reporting the others with the
+    reason, SCH-4); an unknown number is a 422 naming it."""
     stmt = select(WorkOrder).order_by(col(WorkOrder.number))
     if numbers is None:
         stmt = stmt.where(col(WorkOrder.status).in_([s.value for s in SCHEDULED_ORDERS]))

@@ -24,6 +24,7 @@ from mes.models import Role
 from mes.models.scheduling import ScheduleKind, ScheduleStatus
 from mes.principal import Principal
 from mes.routes import API_PREFIX
+from mes.scheduling import publish as publishing
 from mes.scheduling import service
 from mes.scheduling.schemas import (
     Gantt,
@@ -134,7 +135,7 @@ async def publish_schedule(
     """solved -> published: the planned unit, start and end of every operation the run
     placed that has not started since, which orders the dispatch queues; the schedule
     published before is superseded."""
-    run, published, skipped = await service.publish(
+    run, published, skipped = await publishing.publish(
         ctx, session, principal, run_id, version, body.reason
     )
     response.headers["ETag"] = etag(run.version)

@@ -25,6 +25,7 @@ from mes.context import AppContext
 from mes.models.scheduling import ScheduleKind, ScheduleRun, ScheduleStatus
 from mes.records import bump_version
 from mes.scheduling import cpsat, loader, service
+from mes.scheduling import publish as publishing
 from mes.scheduling.problem import Objective, Problem, Solution
 from mes.scheduling.rules import screen
 
@@ -191,22 +192,7 @@ class SolverRunner:
         screened: list[dict[str, Any]],
     ) -> None:
         now = self.ctx.clock.now()
-        origin = loaded.horizon_start
-        fixed = {t.key for t in loaded.problem.tasks() if t.fixed is not None}
-        assignments = [
-            {
-                "operation_id": a.task,
-                "work_order": a.job,
-                "seq": a.seq,
-                "operation": loaded.operations[a.task].name,
-                "equipment_code": a.unit,
-                "start": _at(origin, a.start),
-                "end": _at(origin, a.end),
-                "changeover_min": a.changeover_min,
-                "fixed": a.task in fixed,
-            }
-            for a in solution.assignments
-        ]
+        assignments = _assignment_rows(loaded, solution)
         problems = [
             {"work_order": p.work_order, "seq": p.seq, "reason": p.reason} for p in loaded.problems
         ] + screened
@@ -237,7 +223,7 @@ class SolverRunner:
             ) and self.ctx.settings.schedule_auto_publish_repairs
             await session.flush()
             if auto:
-                await service.publish(
+                await publishing.publish(
                     self.ctx,
                     session,
                     service.scheduler_principal(),
@@ -268,6 +254,26 @@ class SolverRunner:
                 await session.commit()
         except Exception:
             log.exception("scheduling run %s: storing its failure failed", run_id)
+
+
+def _assignment_rows(loaded: loader.Loaded, solution: Solution) -> list[dict[str, Any]]:
+    """The solution's assignments as the run stores them: times as UTC instants."""
+    origin = loaded.horizon_start
+    fixed = {t.key for t in loaded.problem.tasks() if t.fixed is not None}
+    return [
+        {
+            "operation_id": a.task,
+            "work_order": a.job,
+            "seq": a.seq,
+            "operation": loaded.operations[a.task].name,
+            "equipment_code": a.unit,
+            "start": _at(origin, a.start),
+            "end": _at(origin, a.end),
+            "changeover_min": a.changeover_min,
+            "fixed": a.task in fixed,
+        }
+        for a in solution.assignments
+    ]
 
 
 def _at(origin: datetime, minutes: int) -> str:

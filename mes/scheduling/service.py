@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import event, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,12 +20,11 @@ from sqlmodel import col, select
 from mes.audit import service as audit
 from mes.context import AppContext
 from mes.equipment import service as equipment
-from mes.errors import InvalidInput, InvalidTransition, NotFound
+from mes.errors import NotFound
 from mes.models import Equipment, EquipmentStatus, Operation, OperationStatus, WorkOrder
 from mes.models.scheduling import ScheduleKind, ScheduleRun, ScheduleStatus
 from mes.principal import Principal, system_principal
-from mes.records import bump_version, check_version
-from mes.scheduling import resources
+from mes.scheduling import loader, resources
 from mes.scheduling.loader import OPEN_OPERATIONS
 from mes.scheduling.problem import Objective
 from mes.scheduling.schemas import (
@@ -43,7 +40,6 @@ from mes.scheduling.schemas import (
 
 log = logging.getLogger(__name__)
 
-RUN_FIELDS = ("status", "published_at", "published_by")
 # A repair is not started again while one this young is waiting or running.
 REPAIR_DEBOUNCE = timedelta(seconds=30)
 
@@ -61,7 +57,7 @@ async def create_run(
     """A queued run; the runner picks it up once the caller commits. Unknown work orders are
     a 422 naming them; orders that cannot be scheduled are reported in the run (SCH-4)."""
     if data.work_orders is not None:
-        await _check_orders_exist(session, data.work_orders)
+        await loader.orders_to_schedule(session, data.work_orders)
     now = ctx.clock.now()
     run = ScheduleRun(
         kind=kind,
@@ -101,15 +97,6 @@ def whole_minute(moment: datetime) -> datetime:
     later run's minutes line up exactly."""
     floor = moment.replace(second=0, microsecond=0)
     return floor if floor == moment else floor + timedelta(minutes=1)
-
-
-async def _check_orders_exist(session: AsyncSession, numbers: Sequence[str]) -> None:
-    rows = await session.execute(
-        select(WorkOrder.number).where(col(WorkOrder.number).in_(list(set(numbers))))
-    )
-    missing = sorted(set(numbers) - set(rows.scalars()))
-    if missing:
-        raise InvalidInput(f"unknown work orders: {', '.join(missing)}", field="work_orders")
 
 
 async def get(session: AsyncSession, run_id: uuid.UUID, *, lock: bool = False) -> ScheduleRun:
@@ -192,138 +179,6 @@ def summary(run: ScheduleRun) -> ScheduleSummary:
         late_work_orders=len((run.result or {}).get("late_work_orders", [])),
         version=run.version,
     )
-
-
-async def publish(
-    ctx: AppContext,
-    session: AsyncSession,
-    principal: Principal,
-    run_id: uuid.UUID,
-    expected_version: int | None,
-    reason: str,
-) -> tuple[ScheduleRun, int, list[str]]:
-    """solved -> published: every operation the run planned that is still waiting or ready
-    gets its unit, start and end (audited each); the run published before becomes
-    superseded. Operations that started or ended since the run are skipped and named."""
-    run = await get(session, run_id, lock=True)
-    check_version(run, expected_version, f"schedule {run.id}")
-    if ScheduleStatus(run.status) != ScheduleStatus.solved:
-        raise InvalidTransition(
-            f"schedule {run.id} is {run.status}; only a solved schedule can be published",
-            current_status=str(run.status),
-        )
-    now = ctx.clock.now()
-    assignments = [a for a in run.result.get("assignments", []) if not a.get("fixed")]
-    ids = [uuid.UUID(str(a["operation_id"])) for a in assignments]
-    ops = {
-        op.id: op
-        for op in (
-            await session.execute(
-                select(Operation).where(col(Operation.id).in_(ids)).with_for_update()
-            )
-        ).scalars()
-    }
-    units = {
-        u.code: u.id
-        for u in (
-            await session.execute(
-                select(Equipment).where(
-                    col(Equipment.code).in_({a["equipment_code"] for a in assignments})
-                )
-            )
-        ).scalars()
-    }
-    published = 0
-    skipped: list[str] = []
-    for a in assignments:
-        op = ops.get(uuid.UUID(str(a["operation_id"])))
-        label = f"{a['work_order']}/{a['seq']}"
-        if op is None or OperationStatus(op.status) not in OPEN_OPERATIONS:
-            skipped.append(label)
-            continue
-        start = _as_datetime(a["start"])
-        end = _as_datetime(a["end"])
-        unit_id = units[a["equipment_code"]]
-        changes = _changes(op, unit_id, start, end, a["equipment_code"])
-        op.planned_start, op.planned_end = start, end
-        op.planned_equipment_id = unit_id
-        op.schedule_run_id = run.id
-        op.needs_reschedule = False
-        op.reschedule_reason = None
-        bump_version(op, now)
-        session.add(op)
-        await audit.record(
-            session,
-            principal,
-            action="plan",
-            entity_type="operation",
-            entity_id=op.id,
-            entity_version=op.version,
-            changes=changes or [{"field": "schedule_run_id", "old": None, "new": str(run.id)}],
-            reason=f"{reason} (schedule {run.id})"[:1000],
-        )
-        published += 1
-    await _supersede_published(ctx, session, principal, run, now)
-    old = {"status": run.status, "published_at": None, "published_by": None}
-    run.status = ScheduleStatus.published
-    run.published_at = now
-    run.published_by = principal.username
-    bump_version(run, now)
-    session.add(run)
-    await audit.record_change(
-        session,
-        principal,
-        action="publish",
-        entity_type="schedule_run",
-        entity_id=run.id,
-        entity_version=run.version,
-        old=old,
-        new={"status": run.status, "published_at": now, "published_by": principal.username},
-        fields=RUN_FIELDS,
-        reason=reason,
-    )
-    return run, published, skipped
-
-
-def _as_datetime(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-
-
-def _changes(
-    op: Operation, unit_id: uuid.UUID, start: datetime, end: datetime, unit_code: str
-) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    if op.planned_equipment_id != unit_id:
-        out.append({"field": "planned_equipment", "old": op.planned_equipment_id, "new": unit_code})
-    if op.planned_start != start:
-        out.append({"field": "planned_start", "old": op.planned_start, "new": start})
-    if op.planned_end != end:
-        out.append({"field": "planned_end", "old": op.planned_end, "new": end})
-    return out
-
-
-async def _supersede_published(
-    ctx: AppContext, session: AsyncSession, principal: Principal, run: ScheduleRun, now: datetime
-) -> None:
-    rows = await session.execute(
-        select(ScheduleRun)
-        .where(ScheduleRun.status == ScheduleStatus.published, ScheduleRun.id != run.id)
-        .with_for_update()
-    )
-    for old in rows.scalars():
-        old.status = ScheduleStatus.superseded
-        bump_version(old, now)
-        session.add(old)
-        await audit.record(
-            session,
-            principal,
-            action="supersede",
-            entity_type="schedule_run",
-            entity_id=old.id,
-            entity_version=old.version,
-            changes=[{"field": "status", "old": "published", "new": "superseded"}],
-            reason=f"schedule {run.id} published",
-        )
 
 
 async def request_repair(
