@@ -7,6 +7,7 @@ A connector reads one source (an OPC UA server, an MQTT topic tree) and emits
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,12 +25,15 @@ class Quality(StrEnum):
     bad = "bad"
 
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True)
 class Observation:
     """One value of one tag from one source, as the source reported it.
 
     ``source_ts`` is the device's time, ``received_ts`` the connector's; ``seq`` is the
     source's own sequence number when it has one (used for ordering and gap detection).
+    Treat it as immutable once emitted. It is not a frozen dataclass only because one is
+    built per value, and a frozen one takes three times as long to build.
     """
 
     source: str
@@ -45,9 +49,7 @@ class Observation:
     def __post_init__(self) -> None:
         if self.source_ts.tzinfo is None or self.received_ts.tzinfo is None:
             raise ValueError("observation timestamps must be timezone-aware")
-        if isinstance(self.value, float) and (
-            self.value != self.value or self.value in (float("inf"), float("-inf"))
-        ):
+        if isinstance(self.value, float) and not math.isfinite(self.value):
             raise ValueError(f"non-finite value for {self.source}/{self.tag}")
 
 

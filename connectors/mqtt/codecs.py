@@ -170,6 +170,8 @@ def parse_timestamp(value: Any, fmt: TimestampFormat, what: str) -> datetime:
             raise DecodeError(
                 "invalid_timestamp", f"{what} {value[:40]!r} is not ISO 8601"
             ) from None
+        if parsed.tzinfo is UTC:
+            return parsed
         if parsed.tzinfo is None:
             raise DecodeError("invalid_timestamp", f"{what} {value[:40]!r} has no UTC offset")
         return parsed.astimezone(UTC)

@@ -267,7 +267,7 @@ class MqttConfig(BaseModel):
         1000, ge=1, le=65535, description="unacknowledged messages the broker may send (MQTT 5)"
     )
     max_batch: int = Field(1000, ge=1, le=100_000, description="messages per emit call")
-    max_batches_in_flight: int = Field(4, ge=1, le=64, description="emits awaited at once")
+    max_batches_in_flight: int = Field(16, ge=1, le=64, description="emits awaited at once")
     max_buffered_bytes: int = Field(64 * 2**20, ge=2**16, description="undecoded payload bytes")
     max_payload_bytes: int = Field(262_144, ge=1)
     max_future_skew: float = Field(300.0, ge=0, description="seconds a timestamp may lead")

@@ -1,20 +1,22 @@
 """The MQTT connector: a persistent MQTT session whose messages are acknowledged only
 after the MES has stored what they said.
 
-paho's network thread only appends each message to an inbox and, when the inbox was
-empty, wakes the event loop once; the loop takes the inbox in batches, maps them, calls
-``ctx.emit`` once per batch and sends the batch's PUBACKs when that emit resolved, in
-receipt order (MQTT requires PUBACKs in PUBLISH order). A bounded number of batches may
-be in flight; beyond that the inbox fills, the network thread waits and TCP (or, in MQTT 5,
-the broker's Receive Maximum) holds the rest at the broker instead of in our memory.
+paho's client runs on the event loop, without a network thread: the loop watches its socket
+and calls ``loop_read``, ``loop_write`` and (once a second) ``loop_misc``, and reconnects with
+capped backoff itself. One thread means no lock and no GIL hand-over per message, and a
+client that reads its socket in large chunks (``_Client``) instead of paho's two to four
+``recv`` calls per packet. Each message read goes to an inbox; a consumer task takes it in
+batches, maps them, calls ``ctx.emit`` once per batch and sends the batch's PUBACKs when that
+emit resolved, in receipt order (MQTT requires PUBACKs in PUBLISH order). A bounded number of
+batches may be in flight; beyond that the inbox fills, the loop stops reading the socket and
+TCP (or, in MQTT 5, the broker's Receive Maximum) holds the rest at the broker instead of in
+our memory.
 
-``Client.ack`` is safe to call from the event loop: it only appends a PUBACK to paho's
-outgoing ``collections.deque`` (atomic under the GIL) and wakes the network thread through
-its socket pair, exactly like ``publish``. What is not safe is acknowledging on a newer
-connection than the one a message arrived on: packet ids are per connection and may be
-reused for other messages after a reconnect. Every message therefore carries its
-connection generation, and PUBACKs of an older generation are dropped; the broker
-redelivers those messages on the resumed session (at least once, never acked unstored).
+Acknowledging on a newer connection than the one a message arrived on would be wrong: packet
+ids are per connection and may be reused for other messages after a reconnect. Every message
+therefore carries its connection generation, and PUBACKs of an older generation are dropped;
+the broker redelivers those messages on the resumed session (at least once, never acked
+unstored).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import contextlib
 import functools
 import inspect
 import json
+import socket
 import ssl
 import threading
 import time
@@ -32,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -81,6 +84,47 @@ def release_wakeup_sockets(client: mqtt.Client) -> None:
         reset(sockpair_only=True)
 
 
+RECV_CHUNK = 256 * 1024
+"""Bytes read from the socket at once (paho reads each packet in two to four small calls)."""
+READ_BUDGET = 2000
+"""Packets read per turn of the event loop before other tasks get their turn."""
+
+
+class _Client(mqtt.Client):
+    """paho's client, reading its socket in chunks of ``RECV_CHUNK`` bytes.
+
+    paho 2.x reads a packet's type byte, its length bytes and its body with separate
+    ``_sock_recv`` calls; this override serves those reads from one large read, so a burst of
+    messages costs a system call per chunk instead of several per message. ``buffered`` says
+    whether bytes are waiting that the socket will no longer signal as readable.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._chunk = b""
+        self._chunk_pos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        pos, chunk = self._chunk_pos, self._chunk
+        if pos >= len(chunk):
+            chunk = super()._sock_recv(RECV_CHUNK)  # BlockingIOError when nothing is there
+            if not chunk:
+                return chunk  # the broker closed the connection
+            self._chunk, pos = chunk, 0
+        self._chunk_pos = pos + bufsize
+        return chunk[pos : pos + bufsize]
+
+    def discard_buffer(self) -> None:
+        """Forget unread bytes (a new connection starts clean)."""
+        self._chunk, self._chunk_pos = b"", 0
+
+    def buffered(self) -> bool:
+        if self._chunk_pos < len(self._chunk):
+            return True
+        sock = self.socket()
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+
 class MqttConnector:
     """Entry point ``mqtt``: one instance per configured connector; ``run`` may be called
     again after it raised, and then reports the gap if the broker lost the session."""
@@ -113,7 +157,7 @@ class MqttConnector:
 
 
 class _Session:
-    """One ``run``: a paho client, its network thread, and the loop-side pipeline."""
+    """One ``run``: a paho client driven by the event loop, and the pipeline behind it."""
 
     def __init__(
         self,
@@ -126,18 +170,21 @@ class _Session:
         self.v5 = config.protocol == "5"
         self.mapper = Mapper(config, ctx.name)
         self.max_items = max(config.receive_maximum, config.max_batch)
-        # Shared with paho's network thread.
-        self._room = threading.Condition()
+        self._thread = threading.get_ident()
         self._inbox: list[Item] = []
         self._inbox_bytes = 0
+        self._sock: Any = None  # the socket the loop watches
+        self._closed = asyncio.Event()  # set when it is closed
+        self._paused = False
         self._stopping = False
-        self._generation_lock = threading.Lock()
         self._generation = 0
+        self._connected = False
         self._connected_once = False
         self._last_message_at: float | None = None
         self._connected_at = time.time()
         self._lost: str | None = None
-        # Event-loop side.
+        self._delay = float(config.reconnect_min_delay)
+        self._reconnect_task: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._first_connack: asyncio.Future[bool] = loop.create_future()
         self._first_suback: asyncio.Future[None] = loop.create_future()
@@ -150,16 +197,15 @@ class _Session:
         self._state_ts = sparkplug.now_ms()
         self.client = self._make_client()
 
-    def _make_client(self) -> mqtt.Client:
+    def _make_client(self) -> _Client:
         cfg = self.config
-        client = mqtt.Client(
+        client = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             clean_session=None if self.v5 else False,
             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
             manual_ack=True,
         )
-        client.reconnect_delay_set(cfg.reconnect_min_delay, cfg.reconnect_max_delay)
         client.connect_timeout = cfg.connect_timeout
         if cfg.username is not None:
             password = cfg.password.get_secret_value() if cfg.password else None
@@ -174,6 +220,10 @@ class _Session:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
         return client
 
     def last_activity(self) -> datetime | None:
@@ -186,15 +236,17 @@ class _Session:
         offset = self.ctx.clock.now().timestamp() - time.time()
         return datetime.fromtimestamp(seconds + offset, UTC)
 
-    # --- lifecycle (event loop) -------------------------------------------------------
+    # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self) -> None:
         cfg = self.config
-        await self._connect()
-        # The pipeline runs before CONNACK: a resumed session delivers its backlog at once,
-        # and a full inbox would block the network thread before it reads the SUBACK.
-        tasks = [asyncio.create_task(self._consume()), asyncio.create_task(self._acknowledge())]
-        self.client.loop_start()
+        await self._open(first=True)
+        # The pipeline runs before CONNACK: a resumed session delivers its backlog at once.
+        tasks = [
+            asyncio.create_task(self._consume()),
+            asyncio.create_task(self._acknowledge()),
+            asyncio.create_task(self._housekeeping()),
+        ]
         try:
             try:
                 session_present = await asyncio.wait_for(self._first_connack, cfg.connect_timeout)
@@ -218,16 +270,25 @@ class _Session:
         finally:
             await self._shutdown(tasks)
 
-    async def _connect(self) -> None:
+    async def _open(self, first: bool = False) -> None:
+        """Open a connection (TCP, TLS, CONNECT sent) in a worker thread, then watch it."""
         cfg = self.config
-        kwargs: dict[str, Any] = {"host": cfg.host, "port": cfg.port, "keepalive": cfg.keepalive}
-        if self.v5:
-            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            props.SessionExpiryInterval = cfg.session_expiry
-            props.ReceiveMaximum = cfg.receive_maximum
-            kwargs |= {"clean_start": False, "properties": props}
+        if first:
+            kwargs: dict[str, Any] = {
+                "host": cfg.host,
+                "port": cfg.port,
+                "keepalive": cfg.keepalive,
+            }
+            if self.v5:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = cfg.session_expiry
+                props.ReceiveMaximum = cfg.receive_maximum
+                kwargs |= {"clean_start": False, "properties": props}
+            opening: Callable[[], Any] = functools.partial(self.client.connect, **kwargs)
+        else:
+            opening = self.client.reconnect
         try:
-            await self.loop.run_in_executor(None, functools.partial(self.client.connect, **kwargs))
+            await self.loop.run_in_executor(None, opening)
         except ssl.SSLCertVerificationError as exc:
             raise ConnectorAuthError(f"broker certificate refused: {exc}") from exc
         except ssl.SSLError as exc:
@@ -236,6 +297,48 @@ class _Session:
             raise ConnectorNotReady(f"TLS handshake with {cfg.host}:{cfg.port}: {exc}") from exc
         except (OSError, ValueError) as exc:
             raise ConnectorNotReady(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}") from exc
+        sock = self.client.socket()
+        if sock is None or self._stopping:
+            return
+        self._sock = sock
+        self._closed.clear()
+        self.loop.add_reader(sock, self._readable)
+        if self.client.want_write():
+            self.loop.add_writer(sock, self._writable)
+        if not first:
+            generation = self._generation
+            self.loop.call_later(cfg.connect_timeout, self._connack_overdue, generation)
+
+    def _connack_overdue(self, generation: int) -> None:
+        """A broker that took the connection but sent no CONNACK: drop it and retry."""
+        if generation == self._generation and not self._connected and self._sock is not None:
+            self.ctx.logger.warning("mqtt %s: no CONNACK in time; reconnecting", self.ctx.name)
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # the next read sees the end
+
+    async def _reconnect(self) -> None:
+        """Reconnect with capped exponential backoff until connected or stopped."""
+        cfg = self.config
+        while not self._stopping:
+            await asyncio.sleep(self._delay)
+            self._delay = min(self._delay * 2, float(cfg.reconnect_max_delay))
+            try:
+                await self._open()
+            except (ConnectorAuthError, ConnectorConfigError) as exc:
+                self._fail(exc)
+                return
+            except ConnectorNotReady as exc:
+                self.ctx.logger.info("mqtt %s: %s; retrying", self.ctx.name, exc)
+                continue
+            return
+
+    async def _housekeeping(self) -> None:
+        """paho's keepalive: PINGREQ when idle, and a connection whose PINGRESP is overdue
+        is dropped (which reconnects)."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self._sock is not None and self._reconnect_task is None:
+                self.client.loop_misc()
 
     async def _restart_gap(self, session_present: bool) -> None:
         previous = self.owner.last_activity
@@ -255,15 +358,18 @@ class _Session:
 
         Unacknowledged messages stay in the broker's session and come again next run.
         """
-        with self._room:
-            self._stopping = True
-            self._room.notify_all()
-        for task in tasks[:1]:
+        self._stopping = True
+        self._pause_reading()
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        for task in (tasks[0], *tasks[2:]):
             task.cancel()
         self._pending.put_nowait(None)
-        if len(tasks) > 1 and not tasks[1].done():
-            await asyncio.wait(tasks[1:], timeout=self.config.stop_timeout)
+        if not tasks[1].done():
+            await asyncio.wait(tasks[1:2], timeout=self.config.stop_timeout)
         leftovers: list[asyncio.Future[Any]] = [*tasks, *self._side_tasks, *self._emits]
+        if self._reconnect_task is not None:
+            leftovers.append(self._reconnect_task)
         while not self._pending.empty():  # failed emits nobody awaited: retrieve them
             entry = self._pending.get_nowait()
             if entry is not None and entry[0] is not None:
@@ -271,18 +377,28 @@ class _Session:
         for future in leftovers:
             future.cancel()
         await asyncio.gather(*leftovers, return_exceptions=True)
-        if self.config.sparkplug_host_id is not None:
-            offline = json.dumps({"online": False, "timestamp": self._state_ts})
-            topic = sparkplug.state_topic(self.config.sparkplug_host_id)
-            self.client.publish(topic, offline, qos=1, retain=True)
-        self.client.disconnect()
-        await self.loop.run_in_executor(None, self.client.loop_stop)
-        release_wakeup_sockets(self.client)
+        await self._disconnect()
         for future in (self._fatal, self._first_connack, self._first_suback):
             if not future.done():
                 future.cancel()
             elif not future.cancelled():
                 future.exception()  # retrieved: asyncio would log it as never retrieved
+
+    async def _disconnect(self) -> None:
+        """Say goodbye (offline STATE, DISCONNECT) if connected, and close the socket."""
+        client = self.client
+        if self._connected:
+            if self.config.sparkplug_host_id is not None:
+                offline = json.dumps({"online": False, "timestamp": self._state_ts})
+                topic = sparkplug.state_topic(self.config.sparkplug_host_id)
+                client.publish(topic, offline, qos=1, retain=True)
+            client.disconnect()  # paho closes the socket once DISCONNECT is written
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), 1.0)
+        sock = client.socket()
+        if sock is not None:
+            self._on_socket_close(client, None, sock)
+            sock.close()
 
     def _sources(self) -> list[str]:
         """The sources a connection-level gap covers: every one mapped so far."""
@@ -306,11 +422,66 @@ class _Session:
         if not task.cancelled() and task.exception() is not None:
             self._fail(ConnectorNotReady(f"could not record a gap: {task.exception()!r}"))
 
-    # --- paho network thread ----------------------------------------------------------
+    # --- the socket (event loop; paho's socket callbacks may come from the opening thread) --
 
-    def _post(self, callback: Callable[..., None], *args: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is already closed
-            self.loop.call_soon_threadsafe(callback, *args)
+    def _in_loop(self, callback: Callable[..., None], *args: Any) -> None:
+        if threading.get_ident() == self._thread:
+            callback(*args)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self.loop.call_soon_threadsafe(callback, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self.client.discard_buffer()
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._forget_socket, sock)
+
+    def _forget_socket(self, sock: Any) -> None:
+        with contextlib.suppress(ValueError, OSError, RuntimeError):
+            self.loop.remove_reader(sock)
+            self.loop.remove_writer(sock)
+        if sock is self._sock:
+            self._sock = None
+            self._closed.set()
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # From the opening thread, ``_open`` registers the writer once it has the socket.
+        if threading.get_ident() == self._thread and sock is self._sock:
+            self.loop.add_writer(sock, self._writable)
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._stop_writing, sock)
+
+    def _stop_writing(self, sock: Any) -> None:
+        with contextlib.suppress(ValueError, OSError, RuntimeError):
+            self.loop.remove_writer(sock)
+
+    def _writable(self) -> None:
+        self.client.loop_write()
+
+    def _readable(self) -> None:
+        client, inbox = self.client, self._inbox
+        for _ in range(READ_BUDGET):
+            if len(inbox) >= self.max_items or self._inbox_bytes >= self.config.max_buffered_bytes:
+                self._pause_reading()
+                return
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or not client.buffered():
+                return
+        self.loop.call_soon(self._readable)  # bytes left in the buffer: after the others
+
+    def _pause_reading(self) -> None:
+        if not self._paused and self._sock is not None:
+            self._paused = True
+            self.loop.remove_reader(self._sock)
+
+    def _resume_reading(self) -> None:
+        self._paused = False
+        if self._sock is not None and not self._stopping:
+            self.loop.add_reader(self._sock, self._readable)
+            self.loop.call_soon(self._readable)  # what is already buffered
+
+    # --- paho callbacks (event loop, from loop_read / loop_write / loop_misc) ----------
 
     def _on_connect(
         self,
@@ -321,7 +492,7 @@ class _Session:
         properties: Properties | None,
     ) -> None:
         if reason.is_failure:
-            self._post(self._refused, reason)
+            self._in_loop(self._refused, reason)
             return
         first = not self._connected_once
         if first or not flags.session_present:
@@ -334,7 +505,7 @@ class _Session:
         now = time.time()
         last = self._last_message_at or self._connected_at
         self._connected_at = now
-        self._post(self._connected, first, flags.session_present, lost, last, now)
+        self._in_loop(self._on_connected, first, flags.session_present, lost, last, now)
 
     def _subscribe(self, client: mqtt.Client) -> None:
         topics: list[tuple[str, Any]] = []
@@ -355,7 +526,7 @@ class _Session:
         reasons: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        self._post(self._subscribed, reasons)
+        self._in_loop(self._subscribed, reasons)
 
     def _on_disconnect(
         self,
@@ -365,13 +536,7 @@ class _Session:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        with self._generation_lock:
-            self._generation += 1
-        if self._stopping:
-            return
-        if self._lost is None:
-            self._lost = str(reason)
-        self._post(self._disconnected, str(reason))
+        self._in_loop(self._disconnected, str(reason))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -380,19 +545,12 @@ class _Session:
             topic = None
         now = time.time()
         payload = message.payload
-        room = self._room
-        with room:
-            inbox = self._inbox
-            inbox.append((message.mid, message.qos, topic, payload, now, self._generation))
-            self._inbox_bytes += len(payload)
-            if len(inbox) == 1:
-                self._post(self._wakeup.set)
-            while not self._stopping and (
-                len(inbox) >= self.max_items or self._inbox_bytes >= self.config.max_buffered_bytes
-            ):
-                room.wait(1.0)
-                inbox = self._inbox
+        inbox = self._inbox
+        inbox.append((message.mid, message.qos, topic, payload, now, self._generation))
+        self._inbox_bytes += len(payload)
         self._last_message_at = now
+        if len(inbox) == 1:
+            self._wakeup.set()
 
     # --- event loop: connection events ------------------------------------------------
 
@@ -421,6 +579,14 @@ class _Session:
             self._fail(error)
 
     def _disconnected(self, reason: str) -> None:
+        # Messages read on this connection are never acknowledged on the next one.
+        self._generation += 1
+        self._connected = False
+        self._forget_socket(self._sock)
+        if self._stopping:
+            return
+        if self._lost is None:
+            self._lost = reason
         self.owner.ready.clear()
         if not self._first_connack.done():
             self._first_connack.set_exception(
@@ -437,8 +603,17 @@ class _Session:
             self.config.port,
             reason,
         )
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.ensure_future(self._reconnect())
+            self._reconnect_task.add_done_callback(self._reconnect_done)
 
-    def _connected(
+    def _reconnect_done(self, task: asyncio.Task[None]) -> None:
+        if self._reconnect_task is task:
+            self._reconnect_task = None
+        if not task.cancelled() and task.exception() is not None:
+            self._fail(task.exception() or RuntimeError("reconnect failed"))
+
+    def _on_connected(
         self,
         first: bool,
         session_present: bool,
@@ -446,6 +621,10 @@ class _Session:
         last: float,
         now: float,
     ) -> None:
+        self._connected = True
+        self._delay = float(self.config.reconnect_min_delay)
+        if self._paused:
+            self._resume_reading()
         if first:
             if not self._first_connack.done():
                 self._first_connack.set_result(session_present)
@@ -471,16 +650,16 @@ class _Session:
     # --- event loop: the pipeline -----------------------------------------------------
 
     def _take(self) -> list[Item]:
-        with self._room:
-            inbox = self._inbox
-            if len(inbox) <= self.config.max_batch:
-                self._inbox = []
-                items = inbox
-            else:
-                items = inbox[: self.config.max_batch]
-                del inbox[: self.config.max_batch]
-            self._inbox_bytes -= sum(len(item[3]) for item in items)
-            self._room.notify_all()
+        inbox, most = self._inbox, self.config.max_batch
+        if len(inbox) <= most:
+            self._inbox = []
+            items = inbox
+        else:
+            items = inbox[:most]
+            del inbox[:most]
+        self._inbox_bytes -= sum(len(item[3]) for item in items)
+        if self._paused and self._connected:
+            self._resume_reading()
         return items
 
     async def _consume(self) -> None:
@@ -525,12 +704,10 @@ class _Session:
                         f"emit failed ({exc!r}); the broker redelivers the unacknowledged "
                         "messages when the connector reconnects"
                     ) from exc
-            with self._generation_lock:
-                generation = self._generation
-                ack = self.client.ack
-                for mid, qos, message_generation in acks:
-                    if message_generation == generation:
-                        ack(mid, qos)
+            generation, ack = self._generation, self.client.ack
+            for mid, qos, message_generation in acks:
+                if message_generation == generation:
+                    ack(mid, qos)
             self._slots.release()
 
     def _decode(self, items: list[Item]) -> tuple[Output, list[Ack]]:

@@ -75,11 +75,16 @@ class TelemetryTag(SQLModel, table=True):
 
 class TelemetrySample(SQLModel, table=True):
     """One stored value. The key (tag, source time, source) de-duplicates a value that a
-    broker redelivers or a spool replays: storing it twice changes nothing."""
+    broker redelivers or a spool replays: storing it twice changes nothing.
+
+    ``tag_id`` has no foreign key: checking it would cost the database a lookup and a lock
+    per stored value, and the ingest only writes ids it read from the registry, whose tags
+    are never deleted.
+    """
 
     __tablename__ = "telemetry_sample"
 
-    tag_id: int = Field(sa_column=Column(Integer, ForeignKey("telemetry_tag.id"), primary_key=True))
+    tag_id: int = Field(sa_column=Column(Integer, primary_key=True))
     source_ts: datetime = utc_field(primary_key=True)
     source: str = Field(max_length=100, primary_key=True)
     value_num: float | None = Field(default=None, sa_column=Column(Float, nullable=True))

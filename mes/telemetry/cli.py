@@ -17,7 +17,7 @@ from mes.db import database_url_for_display
 from mes.migrate import current_revision, head_revision
 from mes.settings import load_settings
 from mes.telemetry.config import TelemetryConfigError, load_config
-from mes.telemetry.runtime import TelemetryRuntime
+from mes.telemetry.runtime import TelemetryRuntime, tune_collector_for_streaming
 
 console = Console()
 err = Console(stderr=True)
@@ -31,6 +31,7 @@ async def _serve_until_signalled(runtime: TelemetryRuntime, ctx: AppContext) -> 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await runtime.start(ctx)
+    tune_collector_for_streaming()
     try:
         await stop.wait()
     finally:

@@ -17,10 +17,10 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from connectors.base import Gap, Observation, Rejected
+from connectors.base import Gap, Observation, Quality, Rejected
 from mes.clock import Clock
 from mes.ids import uuid7
 from mes.models import TagKind
@@ -40,6 +40,7 @@ class Effect(Protocol):
 
 
 MAX_TEXT = 200
+QUALITY_TEXT = {quality: quality.value for quality in Quality}
 REJECT_PAYLOAD_BYTES = 256
 
 
@@ -107,7 +108,9 @@ class Ingest:
 
     def emit(self, observations: Sequence[Observation]) -> Awaitable[None]:
         """Queue ``observations``; the result resolves when the good ones are durable."""
-        rows = [row for row in map(self._row, observations) if row is not None]
+        latest = self.clock.now() + self.future_skew
+        check = self._row
+        rows = [row for row in (check(obs, latest) for obs in observations) if row is not None]
         if not rows:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             done.set_result(None)
@@ -172,11 +175,13 @@ class Ingest:
 
     # -- checking --------------------------------------------------------------------------
 
-    def _row(self, obs: Observation) -> SampleRow | None:
+    def _row(self, obs: Observation, latest: datetime) -> SampleRow | None:
+        """The row to store for ``obs``, or None when it is refused (``latest``: the latest
+        source time accepted)."""
         known = self.tags.get(obs.tag)
         if known is None:
             return self._refuse(obs, "unknown_tag", f"tag {obs.tag!r} is not registered")
-        if obs.source_ts - self.clock.now() > self.future_skew:
+        if obs.source_ts > latest:
             return self._refuse(
                 obs, "future_timestamp", f"{obs.tag}: source time {obs.source_ts.isoformat()}"
             )
@@ -192,22 +197,23 @@ class Ingest:
                 return self._refuse(obs, "oversize", f"{obs.tag}: {len(text)} characters")
         elif isinstance(value, bool):
             number = float(value)
-        elif isinstance(value, int | float) and kind == TagKind.number:
+        elif isinstance(value, (int, float)) and kind == TagKind.number:
             number = float(value)
         else:
             return self._refuse(
                 obs, "wrong_type", f"{obs.tag} takes a {kind}, got {type(value).__name__}"
             )
+        flags = obs.flags
         return SampleRow(
             tag_id,
             obs.source_ts,
             obs.source[:100],
             number,
             text,
-            str(obs.quality),
+            QUALITY_TEXT[obs.quality],
             obs.status_code,
             obs.seq,
-            ",".join(sorted(obs.flags))[:100] or None,
+            ",".join(sorted(flags))[:100] if flags else None,
             obs.received_ts,
         )
 

@@ -1,14 +1,18 @@
 """Writing telemetry to the database in batches, through Core.
 
 One batch is one transaction: its samples (duplicates of stored ones ignored), the newest value
-per tag, and nothing else. On PostgreSQL the samples go through COPY into a temporary table and
-one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``; on SQLite through one executemany of
-``INSERT OR IGNORE``. Either way a value redelivered by a broker or replayed from the spool is
-stored once.
+per tag, and nothing else. On SQLite through one executemany of ``INSERT OR IGNORE``. On
+PostgreSQL the samples go by COPY straight into ``telemetry_sample`` inside a savepoint; a
+batch that repeats a stored value (a broker's redelivery, a spool replayed, an OPC UA
+subscription re-created) fails there as a whole, and goes instead through COPY into a
+temporary table and one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, which costs the
+database about twice as much per row; for ``SAFE_AFTER_CONFLICT_S`` after such a batch every
+batch takes that path directly. Either way a value is stored once.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -48,7 +52,8 @@ class SampleRow(NamedTuple):
 
 COLUMNS = SampleRow._fields
 
-# The temporary table COPY fills; one per connection, emptied at each commit.
+# The temporary table COPY fills when a batch may repeat stored values; one per connection,
+# emptied at each commit.
 _STAGE_DDL = (
     "CREATE TEMPORARY TABLE IF NOT EXISTS telemetry_sample_in "
     "(LIKE telemetry_sample INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -59,13 +64,16 @@ _PG_MOVE = (
     f"SELECT {', '.join(COLUMNS)} FROM telemetry_sample_in "
     "ON CONFLICT DO NOTHING"
 )
-# The newest value of each tag in the batch replaces the stored one only if it is newer: a
-# late value from the spool never hides a live one.
+SAFE_AFTER_CONFLICT_S = 10.0
+"""After a batch that repeated stored values, how long batches skip the direct COPY."""
+
+# The newest value of each tag in the batch (chosen in Python) replaces the stored one only if
+# it is newer: a late value from the spool never hides a live one.
+_LATEST_COLUMNS = ("tag_id", "source_ts", "source", "value_num", "value_text", "quality")
 _PG_LATEST = (
-    "INSERT INTO telemetry_latest "
-    "(tag_id, source_ts, source, value_num, value_text, quality, stored_at) "
-    "SELECT DISTINCT ON (tag_id) tag_id, source_ts, source, value_num, value_text, quality, $1 "
-    "FROM telemetry_sample_in ORDER BY tag_id, source_ts DESC "
+    f"INSERT INTO telemetry_latest ({', '.join(_LATEST_COLUMNS)}, stored_at) "
+    "SELECT *, $7::timestamptz FROM unnest($1::int[], $2::timestamptz[], $3::text[], "
+    "$4::float8[], $5::text[], $6::text[]) "
     "ON CONFLICT (tag_id) DO UPDATE SET source_ts = excluded.source_ts, "
     "source = excluded.source, value_num = excluded.value_num, "
     "value_text = excluded.value_text, quality = excluded.quality, "
@@ -121,6 +129,7 @@ class SampleStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._safe_until = 0.0  # time.monotonic() before which batches skip the direct COPY
 
     async def write(self, rows: Sequence[SampleRow]) -> None:
         """Store ``rows`` in one transaction; values already stored are left as they are."""
@@ -136,20 +145,41 @@ class SampleStore:
         fairy = await conn.get_raw_connection()
         pg = fairy.driver_connection
         assert pg is not None
+        newest = newest_per_tag(rows)
+        latest = [list(column) for column in zip(*(row[:6] for row in newest), strict=True)]
+        staged = False
         try:
             async with pg.transaction():
-                if not fairy.info.get(_STAGE_READY):
-                    await pg.execute(_STAGE_DDL)
-                await pg.copy_records_to_table("telemetry_sample_in", records=rows, columns=COLUMNS)
-                await pg.execute(_PG_MOVE)
-                await pg.execute(_PG_LATEST, utc_now())
+                if not await self._copy_direct(pg, rows):
+                    if not fairy.info.get(_STAGE_READY):
+                        await pg.execute(_STAGE_DDL)  # undone if this transaction fails
+                    staged = True
+                    await pg.copy_records_to_table(
+                        "telemetry_sample_in", records=rows, columns=COLUMNS
+                    )
+                    await pg.execute(_PG_MOVE)
+                await pg.execute(_PG_LATEST, *latest, utc_now())
         except Exception as exc:
             # The raw driver is outside SQLAlchemy's disconnect handling: a connection that
             # failed as a connection is thrown away here, or the pool would hand it out again.
             if database_unavailable(exc):
                 await conn.invalidate(exc)
             raise
-        fairy.info[_STAGE_READY] = True
+        if staged:
+            fairy.info[_STAGE_READY] = True
+
+    async def _copy_direct(self, pg: Any, rows: Sequence[SampleRow]) -> bool:
+        """COPY ``rows`` into ``telemetry_sample`` in a savepoint; False (nothing written)
+        when one of them is stored already, or one came again within the last seconds."""
+        if time.monotonic() < self._safe_until:
+            return False
+        try:
+            async with pg.transaction():
+                await pg.copy_records_to_table("telemetry_sample", records=rows, columns=COLUMNS)
+        except asyncpg.UniqueViolationError:
+            self._safe_until = time.monotonic() + SAFE_AFTER_CONFLICT_S
+            return False
+        return True
 
     async def _write_sqlite(self, conn: AsyncConnection, rows: Sequence[SampleRow]) -> None:
         stored_at = utc_now()

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from connectors.base import Gap, Observation, Quality, Rejected
 from mes.context import AppContext
 from mes.models import IngestReject, TagKind, TelemetryGap, TelemetryLatest, TelemetrySample
+from mes.telemetry import store as store_module
 from mes.telemetry.config import TagSpec, TelemetryConfigError, parse_config, register_tags
 from mes.telemetry.ingest import Ingest
 from mes.telemetry.spool import Spool
@@ -182,3 +183,24 @@ async def test_a_caller_giving_up_does_not_cancel_the_batch(
     await patient
     await ingest.emit([obs("R-101/melt_temp", 152.0, T0 + timedelta(seconds=2))])
     assert [row[1] for row in await samples(ctx)] == [150.0, 151.0, 152.0]
+
+
+async def test_a_batch_repeating_a_value_is_stored_once_and_the_next_batch_goes_straight_in(
+    ctx: AppContext, ingest: Ingest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch holding the same value twice (a QoS 1 redelivery inside one batch) cannot go
+    # straight into the table; it is stored through the de-duplicating path instead, and
+    # the next batch goes straight in again (no waiting time here).
+    monkeypatch.setattr(store_module, "SAFE_AFTER_CONFLICT_S", 0.0)
+    first = obs("R-101/melt_temp", 150.0, T0)
+    await ingest.emit([first, obs("R-101/melt_temp", 151.0, T0 + timedelta(seconds=1)), first])
+    await ingest.emit([obs("R-101/melt_temp", 152.0, T0 + timedelta(seconds=2))])
+    await ingest.emit([first])
+    assert await samples(ctx) == [
+        (T0, 150.0, None, "good"),
+        (T0 + timedelta(seconds=1), 151.0, None, "good"),
+        (T0 + timedelta(seconds=2), 152.0, None, "good"),
+    ]
+    async with ctx.db.sessionmaker() as session:
+        latest = (await session.execute(select(TelemetryLatest))).scalars().one()
+    assert (latest.source_ts, latest.value_num) == (T0 + timedelta(seconds=2), 152.0)
