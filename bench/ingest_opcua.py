@@ -80,6 +80,7 @@ from mes.db import Database
 from mes.migrate import upgrade
 from mes.telemetry.config import TagSpec, register_tags
 from mes.telemetry.ingest import Ingest
+from mes.telemetry.runtime import tune_collector_for_streaming
 from mes.telemetry.spool import Spool
 from mes.telemetry.store import SampleStore
 
@@ -399,6 +400,7 @@ async def mes_phase(
     phase = Phase(rate, "MES connector+ingest")
     ingest = Ingest(SampleStore(db), Spool(tmp / f"spool-{rate:g}.db"), SystemClock())
     await ingest.start()
+    tune_collector_for_streaming()  # as ``mes ingest`` does once started
     gaps: list[Gap] = []
 
     async def report_gap(gap: Gap) -> None:

@@ -25,7 +25,6 @@ class Quality(StrEnum):
     bad = "bad"
 
 
-
 @dataclass(slots=True)
 class Observation:
     """One value of one tag from one source, as the source reported it.

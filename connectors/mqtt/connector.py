@@ -438,6 +438,8 @@ class _Session:
         self._in_loop(self._forget_socket, sock)
 
     def _forget_socket(self, sock: Any) -> None:
+        if sock is None:
+            return
         with contextlib.suppress(ValueError, OSError, RuntimeError):
             self.loop.remove_reader(sock)
             self.loop.remove_writer(sock)

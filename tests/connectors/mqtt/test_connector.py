@@ -123,6 +123,28 @@ async def test_pubacks_follow_publish_order_when_batches_finish_out_of_order(
     assert finished != sorted(finished), "batches did not finish out of order"
 
 
+async def test_a_slow_mes_makes_the_connector_stop_reading_and_resume_without_loss(
+    broker: PrivateMosquitto, publisher: Publisher, sink: Sink
+) -> None:
+    # MQTT 3.1.1 has no Receive Maximum: the broker sends up to its own in-flight limit (500
+    # here), so the inbox fills (4 messages) while one slow batch of 2 is being stored, and
+    # the connector leaves the socket unread until the inbox has room again.
+    sink.delay = lambda index: 0.05
+    cfg = config(
+        broker,
+        "slow-mes",
+        protocol="3.1.1",
+        receive_maximum=4,
+        max_batch=2,
+        max_batches_in_flight=1,
+    )
+    async with running(context("gw", cfg, sink)):
+        await publisher.send([(f"plant/a/z{i}/temperature", value(i)) for i in range(40)])
+        await sink.wait_for(lambda: len(sink.observations) == 40)
+    assert sink.values() == list(range(40))
+    assert max(len(batch) for batch in sink.batches) <= 2
+
+
 async def test_mqtt_311_persistent_session_keeps_messages_while_stopped(
     broker: PrivateMosquitto, publisher: Publisher, sink: Sink
 ) -> None:
