@@ -145,13 +145,21 @@ class Publisher:
     """A plain paho client in its own thread, publishing like a device would."""
 
     def __init__(
-        self, broker: PrivateMosquitto, protocol: MQTTProtocolVersion = mqtt.MQTTv5
+        self,
+        broker: PrivateMosquitto,
+        protocol: MQTTProtocolVersion = mqtt.MQTTv5,
+        *,
+        tls_ca: Path | None = None,
     ) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
         self.client.max_inflight_messages_set(100)
+        host = broker.host
+        if tls_ca is not None:  # the test broker's certificate names localhost only
+            self.client.tls_set(ca_certs=str(tls_ca))
+            host = "localhost"
         connected = threading.Event()
         self.client.on_connect = lambda *args: connected.set()
-        self.client.connect(broker.host, broker.port)
+        self.client.connect(host, broker.port)
         self.client.loop_start()
         if not connected.wait(WAIT):
             raise AssertionError("publisher did not connect")

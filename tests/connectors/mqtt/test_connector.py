@@ -5,6 +5,7 @@ refused credentials and TLS."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -256,3 +257,25 @@ async def test_tls_verifies_the_server_name_unless_insecure(tmp_path: Path, sink
         insecure = config(broker, "tls", tls={"ca_file": ca, "insecure": True})
         async with running(context("gw", insecure, sink)) as run:
             assert run.connector.ready.is_set()
+
+
+async def test_a_stream_over_tls_arrives_whole(tmp_path: Path, sink: Sink) -> None:
+    # The connector reads its socket in large chunks; over TLS the decrypted bytes may wait
+    # inside the TLS layer where the socket no longer signals them.
+    ca, cert, key = write_tls_files(tmp_path)
+    extra = f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+    samples = [{"tag": f"t{k}", "value": k, "note": "x" * 200} for k in range(20)]
+    payload = json.dumps(samples)  # about 5 KiB: several messages per TLS record and across
+    with PrivateMosquitto(tmp_path / "broker", extra_config=extra) as broker:
+        publisher = Publisher(broker, tls_ca=ca)
+        try:
+            tls = {"ca_file": ca}
+            cfg = config(
+                broker, "tls-stream", host="localhost", tls=tls, subscriptions=SUBSCRIPTIONS
+            )
+            async with running(context("gw", cfg, sink)):
+                await publisher.send([("plant/line-1/batch", payload)] * 300)
+                await sink.wait_for(lambda: len(sink.observations) == 300 * 20)
+        finally:
+            publisher.close()
+    assert sink.rejects == []
