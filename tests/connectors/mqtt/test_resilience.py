@@ -3,7 +3,10 @@ Gap, and loses nothing that a persisted broker session still holds."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.connectors.mqtt.conftest import Publisher, Sink, config, context, running
@@ -90,3 +93,48 @@ async def test_restart_after_the_broker_lost_the_session_reports_a_gap(
     finally:
         broker.stop()
     assert "had no session" in sink.gaps[0].reason
+
+
+async def test_a_broker_that_stops_answering_is_left_and_reconnected(
+    broker: PrivateMosquitto, sink: Sink
+) -> None:
+    # SIGSTOP: the TCP connection stays open but nothing answers. The keepalive (PINGREQ,
+    # no PINGRESP within another keepalive period) drops it; while the broker is still
+    # stopped, new connections are accepted by the kernel but never get a CONNACK, so each
+    # attempt is given up after connect_timeout; once it runs again the connector is back.
+    cfg = config(
+        broker,
+        "watchful",
+        keepalive=5,
+        connect_timeout=2,
+        reconnect_min_delay=1,
+        reconnect_max_delay=1,
+    )
+    assert broker.pid is not None
+    async with running(context("gw", cfg, sink)) as run:
+        publisher = Publisher(broker)
+        await publisher.send([("plant/a/z/temperature", value(1))])
+        publisher.close()
+        await sink.wait_for(lambda: sink.values() == [1])
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            await wait_until(lambda: not run.connector.ready.is_set(), within=20)
+            await asyncio.sleep(3)  # at least one attempt without CONNACK
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        await wait_until(run.connector.ready.is_set, within=20)
+        await sink.wait_for(lambda: len(sink.gaps) == 1)
+        publisher = Publisher(broker)
+        try:
+            await publisher.send([("plant/a/z/temperature", value(2))])
+            await sink.wait_for(lambda: sink.values() == [1, 2])
+        finally:
+            publisher.close()
+        assert not run.task.done()
+
+
+async def wait_until(predicate: Callable[[], bool], within: float) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
