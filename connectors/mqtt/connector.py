@@ -1,16 +1,13 @@
 """The MQTT connector: a persistent MQTT session whose messages are acknowledged only
 after the MES has stored what they said.
 
-paho's client runs on the event loop, without a network thread: the loop watches its socket
-and calls ``loop_read``, ``loop_write`` and (once a second) ``loop_misc``, and reconnects with
-capped backoff itself. One thread means no lock and no GIL hand-over per message, and a
-client that reads its socket in large chunks (``_Client``) instead of paho's two to four
-``recv`` calls per packet. Each message read goes to an inbox; a consumer task takes it in
-batches, maps them, calls ``ctx.emit`` once per batch and sends the batch's PUBACKs when that
-emit resolved, in receipt order (MQTT requires PUBACKs in PUBLISH order). A bounded number of
-batches may be in flight; beyond that the inbox fills, the loop stops reading the socket and
-TCP (or, in MQTT 5, the broker's Receive Maximum) holds the rest at the broker instead of in
-our memory.
+paho's client runs on the event loop without a network thread (``transport.LoopDriver``),
+and the connector reconnects with capped backoff itself. Each message read goes to an inbox;
+a consumer task takes it in batches, maps them, calls ``ctx.emit`` once per batch and sends the
+batch's PUBACKs when that emit resolved, in receipt order (MQTT requires PUBACKs in PUBLISH
+order). A bounded number of batches may be in flight; beyond that the inbox fills, the loop
+stops reading the socket and TCP (or, in MQTT 5, the broker's Receive Maximum) holds the rest
+at the broker instead of in our memory.
 
 Acknowledging on a newer connection than the one a message arrived on would be wrong: packet
 ids are per connection and may be reused for other messages after a reconnect. Every message
@@ -23,20 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import inspect
 import json
 import socket
-import ssl
-import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -53,76 +45,18 @@ from connectors.mqtt import sparkplug
 from connectors.mqtt.codecs import Payload
 from connectors.mqtt.config import MqttConfig
 from connectors.mqtt.mapping import Mapper, Output
-
-AUTH_REFUSALS = frozenset({134, 135, 138, 140})  # bad credentials, not authorized, banned
-CONFIG_REFUSALS = frozenset({129, 130, 132, 133, 153})  # malformed, protocol, client id
+from connectors.mqtt.transport import (
+    ChunkedClient,
+    LoopDriver,
+    connack_error,
+    make_client,
+    open_in_thread,
+)
 
 Item = tuple[int, int, str | None, Payload, float, int]
 """(mid, qos, topic, payload, wall-clock receipt time, connection generation)"""
 Ack = tuple[int, int, int]
 """(mid, qos, connection generation)"""
-
-
-def _connack_error(reason: ReasonCode, host: str) -> Exception:
-    text = f"broker {host} refused the connection: {reason} ({reason.value})"
-    if reason.value in AUTH_REFUSALS:
-        return ConnectorAuthError(text)
-    if reason.value in CONFIG_REFUSALS:
-        return ConnectorConfigError(text)
-    return ConnectorNotReady(text)
-
-
-def release_wakeup_sockets(client: mqtt.Client) -> None:
-    """Close the socket pair ``loop_start()`` opened to wake its thread.
-
-    paho 2.2 closes it only in ``Client.__del__``; a client caught in a reference cycle is
-    finalised by the garbage collector after its sockets, which then warn "unclosed
-    socket". Call this after ``loop_stop()``.
-    """
-    reset = getattr(client, "_reset_sockets", None)
-    if callable(reset):
-        reset(sockpair_only=True)
-
-
-RECV_CHUNK = 256 * 1024
-"""Bytes read from the socket at once (paho reads each packet in two to four small calls)."""
-READ_BUDGET = 2000
-"""Packets read per turn of the event loop before other tasks get their turn."""
-
-
-class _Client(mqtt.Client):
-    """paho's client, reading its socket in chunks of ``RECV_CHUNK`` bytes.
-
-    paho 2.x reads a packet's type byte, its length bytes and its body with separate
-    ``_sock_recv`` calls; this override serves those reads from one large read, so a burst of
-    messages costs a system call per chunk instead of several per message. ``buffered`` says
-    whether bytes are waiting that the socket will no longer signal as readable.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._chunk = b""
-        self._chunk_pos = 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        pos, chunk = self._chunk_pos, self._chunk
-        if pos >= len(chunk):
-            chunk = super()._sock_recv(RECV_CHUNK)  # BlockingIOError when nothing is there
-            if not chunk:
-                return chunk  # the broker closed the connection
-            self._chunk, pos = chunk, 0
-        self._chunk_pos = pos + bufsize
-        return chunk[pos : pos + bufsize]
-
-    def discard_buffer(self) -> None:
-        """Forget unread bytes (a new connection starts clean)."""
-        self._chunk, self._chunk_pos = b"", 0
-
-    def buffered(self) -> bool:
-        if self._chunk_pos < len(self._chunk):
-            return True
-        sock = self.socket()
-        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
 
 class MqttConnector:
@@ -170,12 +104,8 @@ class _Session:
         self.v5 = config.protocol == "5"
         self.mapper = Mapper(config, ctx.name)
         self.max_items = max(config.receive_maximum, config.max_batch)
-        self._thread = threading.get_ident()
         self._inbox: list[Item] = []
         self._inbox_bytes = 0
-        self._sock: Any = None  # the socket the loop watches
-        self._closed = asyncio.Event()  # set when it is closed
-        self._paused = False
         self._stopping = False
         self._generation = 0
         self._connected = False
@@ -196,34 +126,18 @@ class _Session:
         self._emits: set[asyncio.Future[None]] = set()
         self._state_ts = sparkplug.now_ms()
         self.client = self._make_client()
+        self.io = LoopDriver(self.client, loop, self._inbox_full)
 
-    def _make_client(self) -> _Client:
-        cfg = self.config
-        client = _Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            clean_session=None if self.v5 else False,
-            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-            manual_ack=True,
-        )
-        client.connect_timeout = cfg.connect_timeout
-        if cfg.username is not None:
-            password = cfg.password.get_secret_value() if cfg.password else None
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls is not None:
-            client.tls_set_context(cfg.tls.context())
-            client.tls_insecure_set(cfg.tls.insecure)
-        if cfg.sparkplug_host_id is not None:
+    def _make_client(self) -> ChunkedClient:
+        client = make_client(self.config)
+        if self.config.sparkplug_host_id is not None:
             offline = json.dumps({"online": False, "timestamp": self._state_ts})
-            client.will_set(sparkplug.state_topic(cfg.sparkplug_host_id), offline, 1, True)
+            topic = sparkplug.state_topic(self.config.sparkplug_host_id)
+            client.will_set(topic, offline, 1, True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
         return client
 
     def last_activity(self) -> datetime | None:
@@ -273,48 +187,20 @@ class _Session:
     async def _open(self, first: bool = False) -> None:
         """Open a connection (TCP, TLS, CONNECT sent) in a worker thread, then watch it."""
         cfg = self.config
-        if first:
-            kwargs: dict[str, Any] = {
-                "host": cfg.host,
-                "port": cfg.port,
-                "keepalive": cfg.keepalive,
-            }
-            if self.v5:
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.SessionExpiryInterval = cfg.session_expiry
-                props.ReceiveMaximum = cfg.receive_maximum
-                kwargs |= {"clean_start": False, "properties": props}
-            opening: Callable[[], Any] = functools.partial(self.client.connect, **kwargs)
-        else:
-            opening = self.client.reconnect
-        try:
-            await self.loop.run_in_executor(None, opening)
-        except ssl.SSLCertVerificationError as exc:
-            raise ConnectorAuthError(f"broker certificate refused: {exc}") from exc
-        except ssl.SSLError as exc:
-            if "CERTIFICATE" in str(exc).upper():
-                raise ConnectorAuthError(f"TLS certificate refused: {exc}") from exc
-            raise ConnectorNotReady(f"TLS handshake with {cfg.host}:{cfg.port}: {exc}") from exc
-        except (OSError, ValueError) as exc:
-            raise ConnectorNotReady(f"cannot reach broker {cfg.host}:{cfg.port}: {exc}") from exc
-        sock = self.client.socket()
-        if sock is None or self._stopping:
+        await open_in_thread(self.client, cfg, first)
+        if not self.io.attach():
             return
-        self._sock = sock
-        self._closed.clear()
-        self.loop.add_reader(sock, self._readable)
-        if self.client.want_write():
-            self.loop.add_writer(sock, self._writable)
         if not first:
             generation = self._generation
             self.loop.call_later(cfg.connect_timeout, self._connack_overdue, generation)
 
     def _connack_overdue(self, generation: int) -> None:
         """A broker that took the connection but sent no CONNACK: drop it and retry."""
-        if generation == self._generation and not self._connected and self._sock is not None:
+        sock = self.io.sock
+        if generation == self._generation and not self._connected and sock is not None:
             self.ctx.logger.warning("mqtt %s: no CONNACK in time; reconnecting", self.ctx.name)
             with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)  # the next read sees the end
+                sock.shutdown(socket.SHUT_RDWR)  # the next read sees the end
 
     async def _reconnect(self) -> None:
         """Reconnect with capped exponential backoff until connected or stopped."""
@@ -337,7 +223,7 @@ class _Session:
         is dropped (which reconnects)."""
         while True:
             await asyncio.sleep(1.0)
-            if self._sock is not None and self._reconnect_task is None:
+            if self.io.sock is not None and self._reconnect_task is None:
                 self.client.loop_misc()
 
     async def _restart_gap(self, session_present: bool) -> None:
@@ -358,8 +244,8 @@ class _Session:
 
         Unacknowledged messages stay in the broker's session and come again next run.
         """
-        self._stopping = True
-        self._pause_reading()
+        self._stopping = self.io.stopped = True
+        self.io.pause()
         if self._reconnect_task is not None:
             self._reconnect_task.cancel()
         for task in (tasks[0], *tasks[2:]):
@@ -393,12 +279,7 @@ class _Session:
                 topic = sparkplug.state_topic(self.config.sparkplug_host_id)
                 client.publish(topic, offline, qos=1, retain=True)
             client.disconnect()  # paho closes the socket once DISCONNECT is written
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closed.wait(), 1.0)
-        sock = client.socket()
-        if sock is not None:
-            self._on_socket_close(client, None, sock)
-            sock.close()
+        await self.io.close(grace=1.0)
 
     def _sources(self) -> list[str]:
         """The sources a connection-level gap covers: every one mapped so far."""
@@ -422,66 +303,11 @@ class _Session:
         if not task.cancelled() and task.exception() is not None:
             self._fail(ConnectorNotReady(f"could not record a gap: {task.exception()!r}"))
 
-    # --- the socket (event loop; paho's socket callbacks may come from the opening thread) --
-
-    def _in_loop(self, callback: Callable[..., None], *args: Any) -> None:
-        if threading.get_ident() == self._thread:
-            callback(*args)
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                self.loop.call_soon_threadsafe(callback, *args)
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self.client.discard_buffer()
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._forget_socket, sock)
-
-    def _forget_socket(self, sock: Any) -> None:
-        if sock is None:
-            return
-        with contextlib.suppress(ValueError, OSError, RuntimeError):
-            self.loop.remove_reader(sock)
-            self.loop.remove_writer(sock)
-        if sock is self._sock:
-            self._sock = None
-            self._closed.set()
-
-    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        # From the opening thread, ``_open`` registers the writer once it has the socket.
-        if threading.get_ident() == self._thread and sock is self._sock:
-            self.loop.add_writer(sock, self._writable)
-
-    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._stop_writing, sock)
-
-    def _stop_writing(self, sock: Any) -> None:
-        with contextlib.suppress(ValueError, OSError, RuntimeError):
-            self.loop.remove_writer(sock)
-
-    def _writable(self) -> None:
-        self.client.loop_write()
-
-    def _readable(self) -> None:
-        client, inbox = self.client, self._inbox
-        for _ in range(READ_BUDGET):
-            if len(inbox) >= self.max_items or self._inbox_bytes >= self.config.max_buffered_bytes:
-                self._pause_reading()
-                return
-            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or not client.buffered():
-                return
-        self.loop.call_soon(self._readable)  # bytes left in the buffer: after the others
-
-    def _pause_reading(self) -> None:
-        if not self._paused and self._sock is not None:
-            self._paused = True
-            self.loop.remove_reader(self._sock)
-
-    def _resume_reading(self) -> None:
-        self._paused = False
-        if self._sock is not None and not self._stopping:
-            self.loop.add_reader(self._sock, self._readable)
-            self.loop.call_soon(self._readable)  # what is already buffered
+    def _inbox_full(self) -> bool:
+        return (
+            len(self._inbox) >= self.max_items
+            or self._inbox_bytes >= self.config.max_buffered_bytes
+        )
 
     # --- paho callbacks (event loop, from loop_read / loop_write / loop_misc) ----------
 
@@ -494,7 +320,7 @@ class _Session:
         properties: Properties | None,
     ) -> None:
         if reason.is_failure:
-            self._in_loop(self._refused, reason)
+            self.io.in_loop(self._refused, reason)
             return
         first = not self._connected_once
         if first or not flags.session_present:
@@ -507,7 +333,7 @@ class _Session:
         now = time.time()
         last = self._last_message_at or self._connected_at
         self._connected_at = now
-        self._in_loop(self._on_connected, first, flags.session_present, lost, last, now)
+        self.io.in_loop(self._on_connected, first, flags.session_present, lost, last, now)
 
     def _subscribe(self, client: mqtt.Client) -> None:
         topics: list[tuple[str, Any]] = []
@@ -528,7 +354,7 @@ class _Session:
         reasons: list[ReasonCode],
         properties: Properties | None,
     ) -> None:
-        self._in_loop(self._subscribed, reasons)
+        self.io.in_loop(self._subscribed, reasons)
 
     def _on_disconnect(
         self,
@@ -538,7 +364,7 @@ class _Session:
         reason: ReasonCode,
         properties: Properties | None,
     ) -> None:
-        self._in_loop(self._disconnected, str(reason))
+        self.io.in_loop(self._disconnected, str(reason))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
@@ -557,7 +383,7 @@ class _Session:
     # --- event loop: connection events ------------------------------------------------
 
     def _refused(self, reason: ReasonCode) -> None:
-        error = _connack_error(reason, f"{self.config.host}:{self.config.port}")
+        error = connack_error(reason, f"{self.config.host}:{self.config.port}")
         if not self._first_connack.done():
             self._first_connack.set_exception(error)
         elif isinstance(error, ConnectorAuthError | ConnectorConfigError):
@@ -584,7 +410,7 @@ class _Session:
         # Messages read on this connection are never acknowledged on the next one.
         self._generation += 1
         self._connected = False
-        self._forget_socket(self._sock)
+        self.io.forget(self.io.sock)
         if self._stopping:
             return
         if self._lost is None:
@@ -625,8 +451,8 @@ class _Session:
     ) -> None:
         self._connected = True
         self._delay = float(self.config.reconnect_min_delay)
-        if self._paused:
-            self._resume_reading()
+        if self.io.paused:
+            self.io.resume()
         if first:
             if not self._first_connack.done():
                 self._first_connack.set_result(session_present)
@@ -660,8 +486,8 @@ class _Session:
             items = inbox[:most]
             del inbox[:most]
         self._inbox_bytes -= sum(len(item[3]) for item in items)
-        if self._paused and self._connected:
-            self._resume_reading()
+        if self.io.paused and self._connected:
+            self.io.resume()
         return items
 
     async def _consume(self) -> None:

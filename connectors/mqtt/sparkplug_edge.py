@@ -23,7 +23,6 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from connectors.mqtt.codecs import DecodeError
-from connectors.mqtt.connector import release_wakeup_sockets
 from connectors.mqtt.sparkplug import (
     BDSEQ_METRIC,
     REBIRTH_METRIC,
@@ -38,6 +37,7 @@ from connectors.mqtt.sparkplug import (
     set_metric_value,
     topic_name,
 )
+from connectors.mqtt.transport import release_wakeup_sockets
 
 
 @dataclass(slots=True)

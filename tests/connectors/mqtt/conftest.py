@@ -18,7 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from connectors.base import ConnectorContext, Gap, Observation, Rejected
 from connectors.mqtt import MqttConfig, MqttConnector
-from connectors.mqtt.connector import release_wakeup_sockets
+from connectors.mqtt.transport import release_wakeup_sockets
 from tests.support.mosquitto import PrivateMosquitto
 
 WAIT = 20.0

@@ -12,9 +12,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from connectors.base import Quality
-from connectors.mqtt.connector import release_wakeup_sockets
 from connectors.mqtt.sparkplug import DataType
 from connectors.mqtt.sparkplug_edge import SparkplugEdgeNode
+from connectors.mqtt.transport import release_wakeup_sockets
 from tests.connectors.mqtt.conftest import WAIT, Sink, config, context, running
 from tests.support.mosquitto import PrivateMosquitto
 
