@@ -31,8 +31,8 @@ Targets (the issue): optimal (= best known) on ft06 and ft10; gap < 1 % on 15x15
 Plant-shaped instance (``--plant``, on by default; ``--no-plant``), generated from ``--seed``:
 ``--plant-orders`` (200) work orders of 5-8 operations on 40 units in 8 work centers (each
 operation eligible on 2-4 units of its work center), 4-6 changeover families with a matrix per
-equipment class (``mes.scheduling.resources.create_changeover``), two shifts Monday to Friday
-for three work centers (``resources.set_calendar``, Europe/Berlin) and round the clock for the
+equipment class (``mes.scheduling.changeovers.create_changeover``), two shifts Monday to Friday
+for three work centers (``availability.set_calendar``, Europe/Berlin) and round the clock for the
 others, release dates over the first three days, due dates and priorities. Durations differ by
 order (quantity x ``run_min_per_unit`` + ``setup_min``) but not by unit: the loader gives an
 operation the same duration on every eligible unit (there is no per-unit rate). One run with
@@ -99,7 +99,7 @@ from mes.models import EquipmentStatus, Role, SignatureMeaning
 from mes.models.scheduling import ScheduleKind, ScheduleRun, ScheduleStatus
 from mes.plant.loader import PlantSpec, apply_plant
 from mes.principal import system_principal
-from mes.scheduling import cpsat, loader, resources, service
+from mes.scheduling import availability, changeovers, cpsat, loader, service
 from mes.scheduling import publish as publishing
 from mes.scheduling.dispatcher import dispatch
 from mes.scheduling.problem import Objective
@@ -832,7 +832,7 @@ async def load_plant(ctx: AppContext, plant: Plant) -> int:
         rules = 0
         for cls, matrix in plant.changeovers.items():
             for (a, b), mins in matrix.items():
-                await resources.create_changeover(
+                await changeovers.create_changeover(
                     ctx,
                     session,
                     bench,
@@ -851,7 +851,7 @@ async def load_plant(ctx: AppContext, plant: Plant) -> int:
         ]
         for wc in SHIFT_CENTERS:
             for unit in plant.units[wc]:
-                await resources.set_calendar(
+                await availability.set_calendar(
                     ctx,
                     session,
                     bench,

@@ -50,8 +50,8 @@ from mes.models import (
 )
 from mes.principal import Principal
 from mes.records import bump_version
+from mes.scheduling import availability, changeovers
 from mes.scheduling import calendar as scheduling_calendar
-from mes.scheduling import resources as scheduling_resources
 from mes.scheduling.resource_schemas import (
     MAX_SHIFTS,
     CalendarPut,
@@ -490,11 +490,11 @@ async def _apply_changeover(
     reason: str,
     report: LoadReport,
 ) -> None:
-    found = await scheduling_resources.find_changeover(
+    found = await changeovers.find_changeover(
         session, rule.scope_code, rule.from_family, rule.to_family
     )
     if found is None:
-        await scheduling_resources.create_changeover(
+        await changeovers.create_changeover(
             ctx,
             session,
             principal,
@@ -502,7 +502,7 @@ async def _apply_changeover(
         )
         report.count(report.created, "changeover_rule")
     elif found.minutes != rule.minutes:
-        await scheduling_resources.update_changeover(
+        await changeovers.update_changeover(
             ctx,
             session,
             principal,
@@ -524,16 +524,16 @@ async def _apply_calendar(
     reason: str,
     report: LoadReport,
 ) -> None:
-    unit = await scheduling_resources.get_unit(session, code)
-    found = await scheduling_resources.find_calendar(session, unit.id)
+    unit = await availability.get_unit(session, code)
+    found = await availability.find_calendar(session, unit.id)
     wanted = CalendarPut(timezone=calendar.timezone, shifts=calendar.shifts, reason=reason)
     if found is not None and (found.timezone, found.shifts) == (
         wanted.timezone,
-        scheduling_resources.stored_shifts(wanted),
+        availability.stored_shifts(wanted),
     ):
         report.count(report.unchanged, "equipment_calendar")
         return
-    await scheduling_resources.set_calendar(
+    await availability.set_calendar(
         ctx, session, principal, code, found.version if found is not None else 0, wanted
     )
     report.count(report.created if found is None else report.updated, "equipment_calendar")

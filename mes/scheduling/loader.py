@@ -36,7 +36,7 @@ from mes.models import (
     WorkOrderStatus,
 )
 from mes.models.scheduling import UnavailableWindow, WindowKind
-from mes.scheduling import resources
+from mes.scheduling import availability, changeovers
 from mes.scheduling.problem import Job, Objective, Previous, Problem, Task, weight_of_priority
 from mes.scheduling.rules import JobProblem, start_after, subtract
 from mes.work import execution
@@ -149,7 +149,7 @@ async def load(
         jobs=jobs,
         units=codes,
         unavailable=unavailable,
-        changeovers=await resources.changeover_matrix(session, codes),
+        changeovers=await changeovers.changeover_matrix(session, codes),
         objective=objective,
         makespan_weight=makespan_weight,
     )
@@ -202,7 +202,7 @@ async def _unavailable(
     session: AsyncSession, units: dict[str, Equipment], start: datetime, end: datetime
 ) -> dict[str, list[tuple[int, int]]]:
     """Calendar and windows (SCH-3), a unit's status now, and its due dates (PROC-3)."""
-    spans = await resources.unavailable_intervals(session, sorted(units), start, end)
+    spans = await availability.unavailable_intervals(session, sorted(units), start, end)
     horizon = minutes_until(start, end)
     out: dict[str, list[tuple[int, int]]] = {}
     for code, unit in units.items():

@@ -29,7 +29,7 @@ from mes.identity.deps import ANY_HUMAN, Allow
 from mes.models import Role
 from mes.principal import Principal
 from mes.routes import API_PREFIX
-from mes.scheduling import resources as service
+from mes.scheduling import availability, changeovers
 from mes.scheduling.resource_schemas import (
     CalendarPublic,
     CalendarPut,
@@ -97,7 +97,7 @@ async def list_changeovers(
 ) -> ChangeoverList:
     """Changeover rules (SCH-2) by scope, then from and to family. ``equipment_class`` lists a
     class's rules, ``equipment_code`` a unit's own rules (which win over its class's)."""
-    items, last = await service.list_changeovers(
+    items, last = await changeovers.list_changeovers(
         session,
         equipment_class=equipment_class,
         equipment_code=equipment_code,
@@ -123,10 +123,10 @@ async def create_changeover(
     scope and pair is 409. Audited."""
 
     async def create() -> tuple[int, ChangeoverPublic, dict[str, str]]:
-        rule = await service.create_changeover(ctx, session, principal, body)
+        rule = await changeovers.create_changeover(ctx, session, principal, body)
         return (
             201,
-            service.changeover_public(rule),
+            changeovers.changeover_public(rule),
             {"ETag": etag(rule.version), "Location": f"{API_PREFIX}/changeovers/{rule.id}"},
         )
 
@@ -145,9 +145,9 @@ async def get_changeover(
     rule_id: str, session: SessionDep, _: Reader, response: Response
 ) -> ChangeoverPublic:
     """One changeover rule, with its ETag."""
-    rule = await service.get_changeover(session, rule_id)
+    rule = await changeovers.get_changeover(session, rule_id)
     response.headers["ETag"] = etag(rule.version)
-    return service.changeover_public(rule)
+    return changeovers.changeover_public(rule)
 
 
 @router.patch("/changeovers/{rule_id}", response_model=ChangeoverPublic)
@@ -162,9 +162,9 @@ async def update_changeover(
 ) -> ChangeoverPublic:
     """Change a rule's minutes (If-Match and a reason required); 0 means no changeover is
     needed for the pair. Audited."""
-    rule = await service.update_changeover(ctx, session, principal, rule_id, version, body)
+    rule = await changeovers.update_changeover(ctx, session, principal, rule_id, version, body)
     response.headers["ETag"] = etag(rule.version)
-    return service.changeover_public(rule)
+    return changeovers.changeover_public(rule)
 
 
 # --- calendars (SCH-3) ---------------------------------------------------------------------------
@@ -176,9 +176,9 @@ async def get_calendar(
 ) -> CalendarPublic:
     """A unit's shifts in its local time zone (none: it works round the clock) and its
     unavailable windows not yet over (SCH-3). ETag ``"0"`` when no calendar was ever set."""
-    eq = await service.get_unit(session, code)
-    calendar = await service.find_calendar(session, eq.id)
-    public = await service.calendar_public(session, eq, calendar, ctx.clock.now())
+    eq = await availability.get_unit(session, code)
+    calendar = await availability.find_calendar(session, eq.id)
+    public = await availability.calendar_public(session, eq, calendar, ctx.clock.now())
     response.headers["ETag"] = etag(public.version)
     return public
 
@@ -197,9 +197,9 @@ async def set_calendar(
     an end not after the start runs past midnight); shifts must not overlap; an empty list
     means round the clock. If-Match is the calendar's version, ``"0"`` for the first one.
     Audited."""
-    eq, calendar = await service.set_calendar(ctx, session, principal, code, version, body)
+    eq, calendar = await availability.set_calendar(ctx, session, principal, code, version, body)
     response.headers["ETag"] = etag(calendar.version)
-    return await service.calendar_public(session, eq, calendar, ctx.clock.now())
+    return await availability.calendar_public(session, eq, calendar, ctx.clock.now())
 
 
 # --- unavailable windows (SCH-3) -----------------------------------------------------------------
@@ -220,10 +220,10 @@ async def create_unavailable_window(
     window's reason."""
 
     async def create() -> tuple[int, UnavailablePublic, dict[str, str]]:
-        eq, window = await service.create_window(ctx, session, principal, code, body)
+        eq, window = await availability.create_window(ctx, session, principal, code, body)
         return (
             201,
-            service.window_public(window, eq.code),
+            availability.window_public(window, eq.code),
             {
                 "ETag": etag(window.version),
                 "Location": f"{API_PREFIX}/equipment/{eq.code}/unavailable/{window.id}",
@@ -256,7 +256,7 @@ async def list_unavailable_windows(
     limit: LimitQuery = 50,
 ) -> UnavailableList:
     """A unit's unavailable windows overlapping [from, to) (both optional), by start time."""
-    _unit, items, last = await service.list_windows(
+    _unit, items, last = await availability.list_windows(
         session,
         code,
         start=start,
@@ -276,9 +276,9 @@ async def get_unavailable_window(
     code: str, window_id: str, session: SessionDep, _: Reader, response: Response
 ) -> UnavailablePublic:
     """One unavailable window of a unit, with its ETag."""
-    eq, window = await service.get_window(session, code, window_id)
+    eq, window = await availability.get_window(session, code, window_id)
     response.headers["ETag"] = etag(window.version)
-    return service.window_public(window, eq.code)
+    return availability.window_public(window, eq.code)
 
 
 @router.post("/equipment/{code}/unavailable/{window_id}/cancel", response_model=UnavailablePublic)
@@ -294,8 +294,8 @@ async def cancel_unavailable_window(
 ) -> UnavailablePublic:
     """Withdraw a window (If-Match and a reason required): the record stays, marked
     cancelled, and the unit is available again in that time (SCH-3). Audited."""
-    eq, window = await service.cancel_window(
+    eq, window = await availability.cancel_window(
         ctx, session, principal, code, window_id, version, body.reason
     )
     response.headers["ETag"] = etag(window.version)
-    return service.window_public(window, eq.code)
+    return availability.window_public(window, eq.code)

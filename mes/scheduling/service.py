@@ -24,7 +24,7 @@ from mes.errors import NotFound
 from mes.models import Equipment, EquipmentStatus, Operation, OperationStatus, WorkOrder
 from mes.models.scheduling import ScheduleKind, ScheduleRun, ScheduleStatus
 from mes.principal import Principal, system_principal
-from mes.scheduling import loader, resources
+from mes.scheduling import availability, loader
 from mes.scheduling.loader import OPEN_OPERATIONS
 from mes.scheduling.problem import Objective
 from mes.scheduling.schemas import (
@@ -325,7 +325,7 @@ async def gantt(session: AsyncSession, run: ScheduleRun, by: str) -> Gantt:
         rows.setdefault(bar.equipment_code if by == "unit" else bar.work_order, []).append(bar)
     spans: dict[str, list[tuple[datetime, datetime]]] = {}
     if by == "unit" and rows:
-        spans = await resources.unavailable_intervals(session, sorted(rows), start, end)
+        spans = await availability.unavailable_intervals(session, sorted(rows), start, end)
     return Gantt(
         schedule_id=run.id,
         by="unit" if by == "unit" else "work_order",

@@ -1,7 +1,7 @@
-"""Scheduling resources (mes/scheduling/resources.py): the changeover matrix (SCH-2), unit
-calendars and unavailable windows (SCH-3) over HTTP with their audit entries (AT-1..AT-3),
-the scheduler's two reads, the pure shift expansion (DST, night shifts, the week boundary)
-and the plant file's ``changeovers:`` and ``calendars:`` sections."""
+"""Scheduling resources (mes/scheduling/changeovers.py and availability.py): the changeover
+matrix (SCH-2), unit calendars and unavailable windows (SCH-3) over HTTP with their audit
+entries (AT-1..AT-3), the scheduler's two reads, the pure shift expansion (DST, night shifts,
+the week boundary) and the plant file's ``changeovers:`` and ``calendars:`` sections."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from mes.errors import NotFound
 from mes.models import EquipmentKind, EquipmentLevel
 from mes.plant.loader import PlantFileError, load_plant_file, parse_plant_file
 from mes.principal import system_principal
-from mes.scheduling import calendar, resources
+from mes.scheduling import availability, calendar, changeovers
 from tests.conftest import Actors, FakeClock
 
 API = "/api/v1"
@@ -568,10 +568,10 @@ async def test_matrix_is_the_class_rules_overridden_by_the_units_own(
     ):
         assert (await post_rule(client, actors["planner"], **rule)).status_code == 201
     async with ctx.db.sessionmaker() as session:
-        matrix = await resources.changeover_matrix(session, ["EX-1", "EX-2", "BR-1"])
-        assert await resources.changeover_matrix(session, []) == {}
+        matrix = await changeovers.changeover_matrix(session, ["EX-1", "EX-2", "BR-1"])
+        assert await changeovers.changeover_matrix(session, []) == {}
         with pytest.raises(NotFound, match="NOPE"):
-            await resources.changeover_matrix(session, ["EX-1", "NOPE"])
+            await changeovers.changeover_matrix(session, ["EX-1", "NOPE"])
     assert matrix == {
         "EX-1": {("PGA", "PLGA"): 240, ("PLGA", "PGA"): 150, ("PLGA", "PLLA"): 0},
         "EX-2": {("PGA", "PLGA"): 180, ("PLGA", "PGA"): 150},
@@ -934,10 +934,14 @@ async def test_unavailable_intervals_join_off_shift_time_and_windows(
 
     start, end = utc(2026, 3, 30), utc(2026, 4, 1)
     async with ctx.db.sessionmaker() as session:
-        spans = await resources.unavailable_intervals(session, ["EX-1", "EX-2", "BR-1"], start, end)
+        spans = await availability.unavailable_intervals(
+            session, ["EX-1", "EX-2", "BR-1"], start, end
+        )
         with pytest.raises(NotFound):
-            await resources.unavailable_intervals(session, ["NOPE"], start, end)
-        assert await resources.unavailable_intervals(session, ["EX-1"], end, start) == {"EX-1": []}
+            await availability.unavailable_intervals(session, ["NOPE"], start, end)
+        assert await availability.unavailable_intervals(session, ["EX-1"], end, start) == {
+            "EX-1": []
+        }
     assert spans == {
         "EX-1": [
             (utc(2026, 3, 30), utc(2026, 3, 30, 4)),
@@ -1036,8 +1040,8 @@ async def test_plant_file_loads_rules_and_calendars_idempotently(
     changed = await load_plant_file(ctx, PRINCIPAL, write_yaml(tmp_path / "plant.yaml", data))
     assert changed.updated == {"changeover_rule": 1, "equipment_calendar": 2}
     async with ctx.db.sessionmaker() as session:
-        matrix = await resources.changeover_matrix(session, ["U1", "U2"])
-        calendar = await resources.find_calendar(
+        matrix = await changeovers.changeover_matrix(session, ["U1", "U2"])
+        calendar = await availability.find_calendar(
             session, (await equipment_service.get(session, "U2")).id
         )
     assert matrix == {"U1": {("PGA", "PLGA"): 120}, "U2": {("PGA", "PLGA"): 100}}
