@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from mes.scheduling.problem import (
     Assignment,
     Job,
+    Previous,
     Problem,
     Solution,
     Task,
@@ -88,91 +89,10 @@ def dispatch(problem: Problem, rule: str = "auto") -> Solution:
 
 
 def _dispatch(problem: Problem, rule: str) -> Solution:
-    timelines = {u: _Timeline() for u in problem.units}
-    for unit, spans in problem.unavailable.items():
-        if unit in timelines:
-            for start, end in merge(spans):
-                timelines[unit].add(start, end, None)
-    placed: list[Assignment] = []
-    position = {j.key: 0 for j in problem.jobs}
-    # (earliest start, earliest end) that the job's previous operation imposes
-    bounds = {j.key: (j.release, 0) for j in problem.jobs}
-    jobs = {j.key: j for j in problem.jobs}
-
-    # Fixed operations first: they hold their unit whatever else happens (SCH-5).
-    for job in problem.jobs:
-        for index, task in enumerate(job.tasks):
-            if task.fixed is None:
-                break
-            unit, start, end = task.fixed
-            if unit in timelines:
-                timelines[unit].add(start, end, task)
-            placed.append(Assignment(task.key, job.key, task.seq, unit, start, end))
-            position[job.key] = index + 1
-            bounds[job.key] = (start_after(task, start, end), end + task.lag_min)
-
-    gaps = {u: _gap(problem, u) for u in problem.units}
-    key = _rule(problem, rule)
-    previous = problem.previous if rule == "previous" else {}
-    cache: dict[str, tuple[int, int, str]] = {}
-
-    def best_slot(job: Job, task: Task) -> tuple[int, int, str]:
-        hit = cache.get(task.key)
-        if hit is not None:
-            return hit
-        est, min_end = bounds[job.key]
-        found: tuple[int, int, str] | None = None
-        for unit, duration in task.durations.items():
-            line = timelines.get(unit)
-            if line is None:
-                continue
-            start = line.earliest(max(est, min_end - duration), duration, task, gaps[unit])
-            option = (start + duration, start, unit)
-            if found is None or option < found:
-                found = option
-        assert found is not None, f"{job.key}/{task.seq} has no unit (screened out before)"
-        before = previous.get(task.key)
-        if before is not None and before.unit in task.durations:
-            # A repair keeps an operation on its unit and at its time where that still works,
-            # and on its unit at all unless that costs more than its length.
-            line = timelines.get(before.unit)
-            if line is not None:
-                duration = task.durations[before.unit]
-                earliest = max(est, min_end - duration)
-                kept = line.earliest(max(earliest, before.start), duration, task, gaps[before.unit])
-                if kept == before.start:
-                    found = (kept + duration, kept, before.unit)
-                else:
-                    start = line.earliest(earliest, duration, task, gaps[before.unit])
-                    if start + duration <= found[0] + duration:
-                        found = (start + duration, start, before.unit)
-        cache[task.key] = found
-        return found
-
-    ready = {k for k, i in position.items() if i < len(jobs[k].tasks)}
-    while ready:
-        options = {k: best_slot(jobs[k], jobs[k].tasks[position[k]]) for k in ready}
-        horizon_end = min(end for end, _, _ in options.values())
-        contenders = [k for k, (_, start, _) in options.items() if start < horizon_end]
-        chosen = min(
-            contenders, key=lambda k: (key(jobs[k], jobs[k].tasks[position[k]], position[k]), k)
-        )
-        job = jobs[chosen]
-        task = job.tasks[position[chosen]]
-        end, start, unit = options[chosen]
-        timelines[unit].add(start, end, task)
-        placed.append(Assignment(task.key, job.key, task.seq, unit, start, end))
-        bounds[chosen] = (start_after(task, start, end), end + task.lag_min)
-        position[chosen] += 1
-        if position[chosen] == len(job.tasks):
-            ready.discard(chosen)
-        # The unit's timeline changed: slots computed on it may no longer be free.
-        for other in ready:
-            hit = cache.get(jobs[other].tasks[position[other]].key)
-            if hit is not None and unit in jobs[other].tasks[position[other]].durations:
-                del cache[jobs[other].tasks[position[other]].key]
-        cache.pop(task.key, None)
-
+    state = _Dispatch(problem, previous=problem.previous if rule == "previous" else {})
+    state.place_fixed()
+    state.run(_rule(problem, rule))
+    placed = state.placed
     makespan, tardiness, weighted, late = measure(problem, placed)
     return Solution(
         status="feasible",
@@ -184,6 +104,110 @@ def _dispatch(problem: Problem, rule: str) -> Solution:
         weighted_tardiness=weighted,
         late_jobs=late,
     )
+
+
+Slot = tuple[int, int, str]
+"""(end, start, unit) of an operation's best placement: tuples compare by end first."""
+
+
+class _Dispatch:
+    """One dispatch pass: the units' timelines, what is placed, and where each job stands."""
+
+    def __init__(self, problem: Problem, previous: dict[str, Previous]) -> None:
+        self.timelines = {u: _Timeline() for u in problem.units}
+        for unit, spans in problem.unavailable.items():
+            if unit in self.timelines:
+                for start, end in merge(spans):
+                    self.timelines[unit].add(start, end, None)
+        self.jobs = {j.key: j for j in problem.jobs}
+        self.placed: list[Assignment] = []
+        self.position = {j.key: 0 for j in problem.jobs}
+        # (earliest start, earliest end) that the job's previous operation imposes
+        self.bounds = {j.key: (j.release, 0) for j in problem.jobs}
+        self.gaps = {u: _gap(problem, u) for u in problem.units}
+        self.previous = previous
+        self.cache: dict[str, Slot] = {}
+
+    def place_fixed(self) -> None:
+        """Fixed operations first: they hold their unit whatever else happens (SCH-5)."""
+        for job in self.jobs.values():
+            for task in job.tasks:
+                if task.fixed is None:
+                    break
+                unit, start, end = task.fixed
+                if unit in self.timelines:
+                    self.timelines[unit].add(start, end, task)
+                self._record(job, task, unit, start, end)
+
+    def run(self, key: Rule) -> None:
+        """Place every other operation: among the jobs whose next operation could start
+        before the earliest possible end, the one the rule ranks first (active schedule)."""
+        jobs, position = self.jobs, self.position
+        ready = {k for k, i in position.items() if i < len(jobs[k].tasks)}
+        while ready:
+            options = {k: self.best_slot(jobs[k], jobs[k].tasks[position[k]]) for k in ready}
+            horizon_end = min(end for end, _, _ in options.values())
+            contenders = [k for k, (_, start, _) in options.items() if start < horizon_end]
+            chosen = min(
+                contenders, key=lambda k: (key(jobs[k], jobs[k].tasks[position[k]], position[k]), k)
+            )
+            job = jobs[chosen]
+            task = job.tasks[position[chosen]]
+            end, start, unit = options[chosen]
+            self.timelines[unit].add(start, end, task)
+            self._record(job, task, unit, start, end)
+            if position[chosen] == len(job.tasks):
+                ready.discard(chosen)
+            # The unit's timeline changed: slots computed on it may no longer be free.
+            for other in ready:
+                waiting = jobs[other].tasks[position[other]]
+                if waiting.key in self.cache and unit in waiting.durations:
+                    del self.cache[waiting.key]
+            self.cache.pop(task.key, None)
+
+    def _record(self, job: Job, task: Task, unit: str, start: int, end: int) -> None:
+        self.placed.append(Assignment(task.key, job.key, task.seq, unit, start, end))
+        self.bounds[job.key] = (start_after(task, start, end), end + task.lag_min)
+        self.position[job.key] += 1
+
+    def best_slot(self, job: Job, task: Task) -> Slot:
+        """The earliest end of ``task`` on any of its units (a repair: see ``_kept``)."""
+        hit = self.cache.get(task.key)
+        if hit is not None:
+            return hit
+        est, min_end = self.bounds[job.key]
+        found: Slot | None = None
+        for unit, duration in task.durations.items():
+            line = self.timelines.get(unit)
+            if line is None:
+                continue
+            start = line.earliest(max(est, min_end - duration), duration, task, self.gaps[unit])
+            option = (start + duration, start, unit)
+            if found is None or option < found:
+                found = option
+        assert found is not None, f"{job.key}/{task.seq} has no unit (screened out before)"
+        found = self._kept(task, est, min_end, found)
+        self.cache[task.key] = found
+        return found
+
+    def _kept(self, task: Task, est: int, min_end: int, found: Slot) -> Slot:
+        """A repair keeps an operation on its unit and at its time where that still works,
+        and on its unit at all unless that costs more than its length."""
+        before = self.previous.get(task.key)
+        if before is None or before.unit not in task.durations:
+            return found
+        line = self.timelines.get(before.unit)
+        if line is None:
+            return found
+        duration, gap = task.durations[before.unit], self.gaps[before.unit]
+        earliest = max(est, min_end - duration)
+        kept = line.earliest(max(earliest, before.start), duration, task, gap)
+        if kept == before.start:
+            return (kept + duration, kept, before.unit)
+        start = line.earliest(earliest, duration, task, gap)
+        if start + duration <= found[0] + duration:
+            return (start + duration, start, before.unit)
+        return found
 
 
 def _gap(problem: Problem, unit: str) -> Callable[[Task, Task], int]:
