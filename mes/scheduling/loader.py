@@ -95,45 +95,14 @@ async def load(
     loaded = Loaded(Problem(jobs=[], units=[], objective=objective), horizon_start)
     loaded.problems.extend(problems)
     units: dict[str, Equipment] = {}
-    raw: list[tuple[WorkOrder, list[tuple[Operation, dict[str, int], dict[str, Any]]]]] = []
-    for order in orders:
-        ops = list(
-            (
-                await session.execute(
-                    select(Operation)
-                    .where(Operation.work_order_id == order.id)
-                    .order_by(col(Operation.seq))
-                )
-            ).scalars()
-        )
-        entries = []
-        for op in ops:
-            status = OperationStatus(op.status)
-            if status not in OPEN_OPERATIONS and status not in OCCUPYING:
-                continue
-            spec = op_spec(order, op.seq)
-            eligible = [
-                u for u in await execution.eligible_units(session, order, op) if u.is_active
-            ]
-            for unit in eligible:
-                units[unit.code] = unit
-            durations = {u.code: duration_min(spec, order.quantity, u.code) for u in eligible}
-            entries.append((op, durations, spec))
-        if entries:
-            raw.append((order, entries))
+    raw = await _open_operations(session, orders, units)
     end = horizon_start + WINDOW
     codes = sorted(units)
     loaded.unit_ids = {c: units[c].id for c in codes}
     unavailable = await _unavailable(session, units, horizon_start, end)
     executions = await _executions(session, [op for _, entries in raw for op, _, _ in entries])
     code_of = {u.id: code for code, u in units.items()}
-    running: dict[uuid.UUID, tuple[str, int, int]] = {}
-    for order, entries in raw:
-        for op, durations, spec in entries:
-            if OperationStatus(op.status) in OCCUPYING:
-                fixed = _running(horizon_start, op, executions, code_of, durations, spec, order)
-                if fixed is not None:
-                    running[op.id] = fixed
+    running = _running_all(horizon_start, raw, executions, code_of)
     # The unit is busy with a running operation whatever its calendar says.
     occupied: dict[str, list[tuple[int, int]]] = {c: [] for c in codes}
     for unit_code, busy_from, busy_to in running.values():
@@ -157,6 +126,59 @@ async def load(
         problem.previous = _previous(loaded, units)
     loaded.problem = problem
     return loaded
+
+
+Entries = list[tuple[Operation, dict[str, int], dict[str, Any]]]
+"""An order's operations to schedule: (operation, minutes per eligible unit, its spec)."""
+
+
+async def _open_operations(
+    session: AsyncSession, orders: list[WorkOrder], units: dict[str, Equipment]
+) -> list[tuple[WorkOrder, Entries]]:
+    """Per order, its operations still to run or running, each with its duration on every
+    active eligible unit; those units are collected into ``units``."""
+    raw: list[tuple[WorkOrder, Entries]] = []
+    for order in orders:
+        ops = (
+            await session.execute(
+                select(Operation)
+                .where(Operation.work_order_id == order.id)
+                .order_by(col(Operation.seq))
+            )
+        ).scalars()
+        entries: Entries = []
+        for op in ops:
+            status = OperationStatus(op.status)
+            if status not in OPEN_OPERATIONS and status not in OCCUPYING:
+                continue
+            spec = op_spec(order, op.seq)
+            eligible = [
+                u for u in await execution.eligible_units(session, order, op) if u.is_active
+            ]
+            for unit in eligible:
+                units[unit.code] = unit
+            durations = {u.code: duration_min(spec, order.quantity, u.code) for u in eligible}
+            entries.append((op, durations, spec))
+        if entries:
+            raw.append((order, entries))
+    return raw
+
+
+def _running_all(
+    horizon_start: datetime,
+    raw: list[tuple[WorkOrder, Entries]],
+    executions: dict[uuid.UUID, OperationExecution],
+    code_of: dict[uuid.UUID, str],
+) -> dict[uuid.UUID, tuple[str, int, int]]:
+    """The running operations, each held on its unit: operation id -> (unit, from, to)."""
+    running: dict[uuid.UUID, tuple[str, int, int]] = {}
+    for order, entries in raw:
+        for op, durations, spec in entries:
+            if OperationStatus(op.status) in OCCUPYING:
+                fixed = _running(horizon_start, op, executions, code_of, durations, spec, order)
+                if fixed is not None:
+                    running[op.id] = fixed
+    return running
 
 
 async def orders_to_schedule(
@@ -243,7 +265,7 @@ async def _back_at(session: AsyncSession, unit: Equipment, now: datetime) -> dat
 def _job(
     loaded: Loaded,
     order: WorkOrder,
-    entries: list[tuple[Operation, dict[str, int], dict[str, Any]]],
+    entries: Entries,
     running: dict[uuid.UUID, tuple[str, int, int]],
     occupied: dict[str, list[tuple[int, int]]],
     unavailable: dict[str, list[tuple[int, int]]],
