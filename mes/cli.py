@@ -201,41 +201,61 @@ def demo(
     if settings.env == "production":
         raise _fail("the demo never runs with MES_ENV=production")
 
-    async def prepare(ctx: AppContext) -> None:
-        await upgrade(ctx.db.engine)
-        report = await load_plant_file(ctx, system_principal("demo"), settings.plant_file)
-        console.print(
-            f"plant model from {settings.plant_file}: created {report.created or 0}, "
-            f"updated {report.updated or 0}"
-        )
-        async with ctx.db.sessionmaker() as session, session.begin():
-            for username, full_name, roles in DEMO_USERS:
-                if await identity.find_user(session, username) is None:
-                    await identity.create_user(
-                        ctx,
-                        session,
-                        system_principal("demo"),
-                        UserCreate(
-                            username=username,
-                            full_name=full_name,
-                            password=DEMO_PASSWORD,
-                            roles=list(roles),
-                            reason="demo account",
-                        ),
-                    )
-        if await seed_history(ctx, DEMO_PASSWORD):
-            console.print("demo history: GA-2611-01 ... SUT-2611-01 (load EO-2611-014, shipped)")
-        if await seed_work(ctx, DEMO_PASSWORD, settings.work_masters_file):
-            console.print(
-                "demo work: masters from "
-                f"{settings.work_masters_file}, orders WO-2611-101/102/201 released, "
-                "pilot batch WO-2611-P01"
-            )
-
     try:
-        _run(settings, prepare)
+        _run(settings, lambda ctx: _prepare_demo(ctx, settings))
     except PlantFileError as exc:
         raise _fail(str(exc)) from exc
+    base = f"http://{host}:{port}"
+    _print_demo_access(base, url)
+    if no_serve:
+        return
+    console.print(f"Jobs:      {', '.join(s.name for s in JOBS if s.enabled(settings))}")
+    if no_plant:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
+        return
+    live = _serve_with_plant(
+        settings, host, port, broker_url=broker, broker_port=broker_port, opcua_port=opcua_port
+    )
+    try:
+        asyncio.run(live)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+
+async def _prepare_demo(ctx: AppContext, settings: MesSettings) -> None:
+    """Migrate, load the plant file, create the demo users and seed the demo's history."""
+    await upgrade(ctx.db.engine)
+    report = await load_plant_file(ctx, system_principal("demo"), settings.plant_file)
+    console.print(
+        f"plant model from {settings.plant_file}: created {report.created or 0}, "
+        f"updated {report.updated or 0}"
+    )
+    async with ctx.db.sessionmaker() as session, session.begin():
+        for username, full_name, roles in DEMO_USERS:
+            if await identity.find_user(session, username) is None:
+                await identity.create_user(
+                    ctx,
+                    session,
+                    system_principal("demo"),
+                    UserCreate(
+                        username=username,
+                        full_name=full_name,
+                        password=DEMO_PASSWORD,
+                        roles=list(roles),
+                        reason="demo account",
+                    ),
+                )
+    if await seed_history(ctx, DEMO_PASSWORD):
+        console.print("demo history: GA-2611-01 ... SUT-2611-01 (load EO-2611-014, shipped)")
+    if await seed_work(ctx, DEMO_PASSWORD, settings.work_masters_file):
+        console.print(
+            "demo work: masters from "
+            f"{settings.work_masters_file}, orders WO-2611-101/102/201 released, "
+            "pilot batch WO-2611-P01"
+        )
+
+
+def _print_demo_access(base: str, url: str) -> None:
     table = Table(title="Demo logins (password for all: " + DEMO_PASSWORD + ")")
     table.add_column("username")
     table.add_column("name")
@@ -243,41 +263,44 @@ def demo(
     for username, full_name, roles in DEMO_USERS:
         table.add_row(username, full_name, ", ".join(roles))
     console.print(table)
-    base = f"http://{host}:{port}"
     console.print(f"API docs:  [bold]{base}/docs[/]")
     console.print(f"Health:    {base}/api/v1/health")
     console.print(f"Database:  {database_url_for_display(url)}")
-    if no_serve:
-        return
-    console.print(f"Jobs:      {', '.join(s.name for s in JOBS if s.enabled(settings))}")
-    if no_plant:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level)
-        return
 
-    async def serve_with_plant() -> None:
-        ctx = AppContext.build(settings)
-        try:
-            async with live_plant(
-                ctx, broker_url=broker, broker_port=broker_port, opcua_port=opcua_port
-            ) as plant:
-                where = "embedded amqtt" if plant.embedded_broker else "broker"
-                console.print(
-                    f"Plant:     simulator on {plant.opcua_endpoint} (OPC UA) and "
-                    f"mqtt://{plant.broker[0]}:{plant.broker[1]} ({where}); "
-                    f"live values at {base}/api/v1/tags"
-                )
-                app = create_app(settings, context=ctx, migrate=False)
-                server = uvicorn.Server(
-                    uvicorn.Config(app, host=host, port=port, log_level=settings.log_level)
-                )
-                await server.serve()
-        finally:
-            await ctx.close()
 
+async def _serve_with_plant(
+    settings: MesSettings,
+    host: str,
+    port: int,
+    *,
+    broker_url: str | None,
+    broker_port: int,
+    opcua_port: int,
+) -> None:
+    """Serve the API with the plant simulator, its broker and the ingest in this process."""
+    import uvicorn
+
+    from mes.app import create_app
+
+    ctx = AppContext.build(settings)
     try:
-        asyncio.run(serve_with_plant())
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+        plant = live_plant(
+            ctx, broker_url=broker_url, broker_port=broker_port, opcua_port=opcua_port
+        )
+        async with plant as live:
+            where = "embedded amqtt" if live.embedded_broker else "broker"
+            console.print(
+                f"Plant:     simulator on {live.opcua_endpoint} (OPC UA) and "
+                f"mqtt://{live.broker[0]}:{live.broker[1]} ({where}); "
+                f"live values at http://{host}:{port}/api/v1/tags"
+            )
+            app = create_app(settings, context=ctx, migrate=False)
+            server = uvicorn.Server(
+                uvicorn.Config(app, host=host, port=port, log_level=settings.log_level)
+            )
+            await server.serve()
+    finally:
+        await ctx.close()
 
 
 # --- background ----------------------------------------------------------------------------------
