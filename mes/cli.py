@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +30,7 @@ from mes.models import Role
 from mes.plant.loader import PlantFileError, load_plant_file
 from mes.principal import system_principal
 from mes.settings import MesSettings, load_settings
+from mes.signals import stop_requested
 from mes.simulator.cli import simulate
 from mes.telemetry.cli import connectors_app, ingest
 from mes.telemetry.demo import live_plant
@@ -319,30 +319,53 @@ def background(
     scheduling runs. Any number may run: a database lease lets one of them do the work and
     another take over when it stops. Runs whatever MES_BACKGROUND_ENABLED says (that setting
     is for the API processes)."""
+    settings = load_settings()
+    if list_jobs:
+        _print_jobs(settings)
+        return
+    if once is None:
+        _run(settings, lambda ctx: _run_background(ctx, settings))
+        return
+    name = once
+
+    async def run_one(ctx: AppContext) -> object:
+        from mes.background.runner import BackgroundRunner
+
+        return await BackgroundRunner(ctx).run_once(name)
+
+    try:
+        result = _run(settings, run_one)
+    except typer.Exit:
+        raise
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    except Exception as exc:  # the job's own error, shown to whoever ran it
+        raise _fail(f"{name}: {type(exc).__name__}: {exc}") from exc
+    console.print(f"{name}: done {result if result is not None else ''}".rstrip())
+
+
+def _print_jobs(settings: MesSettings) -> None:
+    table = Table(title="background jobs")
+    table.add_column("job")
+    table.add_column("every", justify="right")
+    table.add_column("enabled")
+    for spec in JOBS:
+        enabled = spec.enabled(settings)
+        every = f"{spec.interval(settings).total_seconds():g} s" if enabled else "-"
+        table.add_row(spec.name, every, "yes" if enabled else "no (settings)")
+    console.print(table)
+
+
+async def _run_background(ctx: AppContext, settings: MesSettings) -> None:
+    """The jobs (one process holds the lease) and, for the scheduler role, the solver runner,
+    until SIGTERM or Ctrl-C."""
     from mes.background.runner import BackgroundRunner
     from mes.scheduling.runner import SolverRunner
 
-    settings = load_settings()
-    if list_jobs:
-        table = Table(title="background jobs")
-        table.add_column("job")
-        table.add_column("every", justify="right")
-        table.add_column("enabled")
-        for spec in JOBS:
-            enabled = spec.enabled(settings)
-            every = f"{spec.interval(settings).total_seconds():g} s" if enabled else "-"
-            table.add_row(spec.name, every, "yes" if enabled else "no (settings)")
-        console.print(table)
-        return
-
-    async def run(ctx: AppContext) -> None:
-        if await current_revision(ctx.db.engine) != head_revision():
-            raise _fail("the database schema is not current: run `mes db upgrade`")
-        runner = BackgroundRunner(ctx)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    if await current_revision(ctx.db.engine) != head_revision():
+        raise _fail("the database schema is not current: run `mes db upgrade`")
+    runner = BackgroundRunner(ctx)
+    with stop_requested() as stop:
         await runner.start()
         if settings.schedule_runner_enabled:
             # The scheduler role also solves queued scheduling runs (with the API processes).
@@ -359,26 +382,6 @@ def background(
             if ctx.solver is not None:
                 await ctx.solver.stop()
             await runner.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-
-    if once is None:
-        _run(settings, run)
-        return
-    name = once
-
-    async def run_one(ctx: AppContext) -> object:
-        return await BackgroundRunner(ctx).run_once(name)
-
-    try:
-        result = _run(settings, run_one)
-    except typer.Exit:
-        raise
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
-    except Exception as exc:  # the job's own error, shown to whoever ran it
-        raise _fail(f"{name}: {type(exc).__name__}: {exc}") from exc
-    console.print(f"{name}: done {result if result is not None else ''}".rstrip())
 
 
 # --- db ------------------------------------------------------------------------------------------

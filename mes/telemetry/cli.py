@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from mes.context import AppContext
 from mes.db import database_url_for_display
 from mes.migrate import current_revision, head_revision
 from mes.settings import load_settings
+from mes.signals import stop_requested
 from mes.telemetry.config import TelemetryConfigError, load_config
 from mes.telemetry.runtime import TelemetryRuntime, tune_collector_for_streaming
 
@@ -26,18 +26,13 @@ connectors_app = typer.Typer(help="Line-data connectors.", no_args_is_help=True)
 
 
 async def _serve_until_signalled(runtime: TelemetryRuntime, ctx: AppContext) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await runtime.start(ctx)
-    tune_collector_for_streaming()
-    try:
-        await stop.wait()
-    finally:
-        await runtime.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    with stop_requested() as stop:
+        await runtime.start(ctx)
+        tune_collector_for_streaming()
+        try:
+            await stop.wait()
+        finally:
+            await runtime.stop()
 
 
 def ingest(
