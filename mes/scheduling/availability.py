@@ -13,7 +13,7 @@ Every write is audited in the caller's transaction (AT-1) with a reason (AT-3).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -205,6 +205,8 @@ async def set_calendar(
     if problem:
         raise InvalidInput(problem, rule="SCH-3", field="shifts")
     now = ctx.clock.now()
+    before: dict[str, Any] | None = None
+    fields: Iterable[str] = CALENDAR_FIELDS
     if calendar is None:
         calendar = EquipmentCalendar(
             equipment_id=eq.id,
@@ -214,37 +216,26 @@ async def set_calendar(
             created_at=now,
             updated_at=now,
         )
-        session.add(calendar)
-        await audit.record_change(
-            session,
-            principal,
-            action="create",
-            entity_type="equipment_calendar",
-            entity_id=eq.code,
-            entity_version=calendar.version,
-            old=None,
-            new=_calendar_view(eq.code, calendar),
-            fields=CALENDAR_FIELDS,
-            reason=data.reason,
-        )
-        return eq, calendar
-    before = _calendar_view(eq.code, calendar)
-    _, new = apply_update(calendar, {"timezone": data.timezone, "shifts": shifts}, now)
-    if new:
+    else:
+        before = _calendar_view(eq.code, calendar)
+        _, changed = apply_update(calendar, {"timezone": data.timezone, "shifts": shifts}, now)
+        if not changed:
+            return eq, calendar
         calendar.updated_by = principal.username
-        session.add(calendar)
-        await audit.record_change(
-            session,
-            principal,
-            action="update",
-            entity_type="equipment_calendar",
-            entity_id=eq.code,
-            entity_version=calendar.version,
-            old=before,
-            new=_calendar_view(eq.code, calendar),
-            fields=new.keys(),
-            reason=data.reason,
-        )
+        fields = changed.keys()
+    session.add(calendar)
+    await audit.record_change(
+        session,
+        principal,
+        action="create" if before is None else "update",
+        entity_type="equipment_calendar",
+        entity_id=eq.code,
+        entity_version=calendar.version,
+        old=before,
+        new=_calendar_view(eq.code, calendar),
+        fields=fields,
+        reason=data.reason,
+    )
     return eq, calendar
 
 
